@@ -13,7 +13,10 @@ fi
 py="$VENV/bin/python"
 stamp="$VENV/.ramer-setup-stamp"
 digest=$(cat pyproject.toml requirements/*.txt | sha256sum | cut -d' ' -f1)
-if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$digest" ]; then
+installed() {  # cheap: finds the key modules without importing them
+  "$py" -c "import importlib.util as u, sys; sys.exit(not all(u.find_spec(m) for m in ('torch', 'av', 'faster_whisper', 'facenet_pytorch', 'whisper', 'pipeline')))"
+}
+if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$digest" ] && installed; then
   echo "setup: $VENV is up to date"
   exit 0
 fi
