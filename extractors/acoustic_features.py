@@ -1,0 +1,191 @@
+"""Acoustic feature sequences per (time span, speaker): the `[T, D_ACOUSTIC]` input of RAMer.
+
+Per 10 ms frame (25 ms analysis window), computed with librosa over the whole audio once and then
+sliced to what one speaker says inside one span:
+
+- 13 MFCCs with deltas and delta-deltas (spectral envelope: what is said, and how tense or breathy)
+- log energy and its delta (loudness, arousal)
+- log f0 from YIN (0 where unvoiced) and its delta (intonation)
+- periodicity, the peak of the normalised autocorrelation in the pitch range (voice quality:
+  a harmonics-to-noise proxy; low for breathy, creaky or noisy voice)
+- spectral flatness, log spectral centroid, zero-crossing rate (voice quality, brightness)
+
+The features are not normalised: RAMer's modality encoder starts with LayerNorm, and per-speaker
+normalisation would remove the level differences that carry emotion. `WhisperEncoderFeatures` is
+the alternative (Whisper encoder states, 384-d for tiny.en at 50 frames/s); which of the two
+serves emotion better is unmeasured (no labelled emotional speech is available offline here).
+
+A character who does not speak in the span gets an empty `(0, D_ACOUSTIC)` array.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import librosa
+import numpy as np
+
+from extractors.audio import SAMPLE_RATE
+from extractors.contracts import SpeakerTurn
+
+log = logging.getLogger(__name__)
+
+N_MFCC = 13
+FEATURE_NAMES: tuple[str, ...] = (
+    *(f"mfcc{i}" for i in range(N_MFCC)),
+    *(f"mfcc{i}_delta" for i in range(N_MFCC)),
+    *(f"mfcc{i}_delta2" for i in range(N_MFCC)),
+    "log_energy", "log_energy_delta",
+    "log_f0", "log_f0_delta",
+    "periodicity", "spectral_flatness", "log_spectral_centroid", "zero_crossing_rate",
+)
+D_ACOUSTIC = len(FEATURE_NAMES)  # 47
+
+
+@dataclass
+class AcousticConfig:
+    hop_length: int = 160      # 10 ms at 16 kHz: FRAME_RATE = 100 frames per second
+    n_fft: int = 400           # 25 ms analysis window
+    n_mels: int = 40
+    fmin_hz: float = 60.0      # pitch search range, covering low male to high child voices
+    fmax_hz: float = 500.0
+    voicing_threshold: float = 0.45  # periodicity below it: unvoiced (log f0 set to 0)
+
+    @property
+    def frame_rate(self) -> float:
+        return SAMPLE_RATE / self.hop_length
+
+
+class AcousticFeatureExtractor:
+    """Frame-level acoustic features of 16 kHz mono audio, sliced per speaker and span."""
+
+    def __init__(self, config: AcousticConfig | None = None):
+        self.config = config or AcousticConfig()
+
+    def frames(self, audio: np.ndarray) -> np.ndarray:
+        """Features of every frame of `audio`: [T, D_ACOUSTIC] float32, frame t centred at t / frame_rate."""
+        cfg = self.config
+        y = np.asarray(audio, dtype=np.float32).reshape(-1)
+        if len(y) < cfg.n_fft:
+            return np.zeros((0, D_ACOUSTIC), np.float32)
+        power = np.abs(librosa.stft(y, n_fft=cfg.n_fft, hop_length=cfg.hop_length)) ** 2  # [F, T]
+        mel = librosa.feature.melspectrogram(S=power, sr=SAMPLE_RATE, n_mels=cfg.n_mels)
+        mfcc = librosa.feature.mfcc(S=librosa.power_to_db(mel), n_mfcc=N_MFCC)           # [13, T]
+        num_frames = mfcc.shape[1]
+        log_energy = np.log(power.sum(0) / cfg.n_fft + 1e-10)[None]                         # [1, T]
+        f0 = librosa.yin(y, fmin=cfg.fmin_hz, fmax=cfg.fmax_hz, sr=SAMPLE_RATE,
+                         frame_length=1024, hop_length=cfg.hop_length)[:num_frames]
+        periodicity = _periodicity(y, cfg)[:num_frames]
+        log_f0 = np.where(periodicity >= cfg.voicing_threshold, np.log(f0), 0.0)[None]     # [1, T]
+        flatness = librosa.feature.spectral_flatness(S=np.sqrt(power))                     # [1, T]
+        centroid = np.log(librosa.feature.spectral_centroid(S=np.sqrt(power), sr=SAMPLE_RATE) + 1.0)
+        zcr = librosa.feature.zero_crossing_rate(y, frame_length=cfg.n_fft, hop_length=cfg.hop_length)
+        width = min(9, num_frames if num_frames % 2 else num_frames - 1)
+        if width >= 3:
+            def delta(x: np.ndarray, order: int = 1) -> np.ndarray:
+                return librosa.feature.delta(x, width=width, order=order)
+        else:  # too short for a regression window
+            def delta(x: np.ndarray, order: int = 1) -> np.ndarray:
+                return np.zeros_like(x)
+        features = np.concatenate([
+            mfcc, delta(mfcc), delta(mfcc, 2),
+            log_energy, delta(log_energy),
+            log_f0, delta(log_f0),
+            periodicity[None], flatness[:, :num_frames], centroid[:, :num_frames], zcr[:, :num_frames],
+        ])                                                                                   # [D, T]
+        return np.ascontiguousarray(features.T, dtype=np.float32)                           # [T, D]
+
+    def span(self, frames: np.ndarray, start: float, end: float) -> np.ndarray:
+        """Rows of `frames` whose centre lies in [start, end)."""
+        return _span(frames, self.config.frame_rate, start, end)
+
+    def speaker_span(
+        self, frames: np.ndarray, turns: list[SpeakerTurn], speaker: str, start: float, end: float
+    ) -> np.ndarray:
+        """[T, D_ACOUSTIC] of what `speaker` says inside [start, end): the frames of the speaker's
+        turns clipped to the span, in time order; (0, D_ACOUSTIC) when the speaker is silent there."""
+        return _speaker_span(frames, self.config.frame_rate, turns, speaker, start, end)
+
+
+class WhisperEncoderFeatures:
+    """The alternative acoustic representation: Whisper encoder states, [T, d_model] at 50 frames/s.
+
+    Runs the CTranslate2 encoder of the same packaged models as the speech recogniser (384-d for
+    tiny.en, 512-d for base) over 30 s chunks. Whether these or the librosa features serve emotion
+    recognition better is unmeasured here (no labelled emotional speech is available offline).
+    """
+
+    frame_rate = 50.0      # one state per 20 ms (two 10 ms mel frames)
+    _chunk_s = 30          # Whisper's fixed input length
+
+    def __init__(self, model: str = "whisper-tiny.en", model_path: str | None = None,
+                 compute_type: str = "int8", cpu_threads: int = 0):
+        import torch
+        from faster_whisper import WhisperModel
+
+        from extractors.asr import resolve_ct2_model
+
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+        if device == "cuda" and compute_type == "int8":
+            compute_type = "float16"
+        self.model = WhisperModel(str(resolve_ct2_model(model, model_path)), device=device,
+                                  compute_type=compute_type, cpu_threads=cpu_threads, local_files_only=True)
+        self.dim = int(self._encode(np.zeros(SAMPLE_RATE // 10, np.float32)).shape[-1])  # also warms up
+
+    def _encode(self, chunk: np.ndarray) -> np.ndarray:
+        from faster_whisper.audio import pad_or_trim
+
+        mel = pad_or_trim(self.model.feature_extractor(chunk))                 # [n_mels, 3000]
+        return np.asarray(self.model.encode(mel))[0]                           # [1500, D]
+
+    def frames(self, audio: np.ndarray) -> np.ndarray:
+        """[T, dim] float32, state t centred at (t + 0.5) / 50 s."""
+        audio = np.asarray(audio, dtype=np.float32).reshape(-1)
+        chunk = self._chunk_s * SAMPLE_RATE
+        pieces = []
+        for first in range(0, len(audio), chunk):
+            part = audio[first: first + chunk]
+            states = int(np.ceil(len(part) / SAMPLE_RATE * self.frame_rate))
+            pieces.append(self._encode(part)[:states])
+        return np.concatenate(pieces).astype(np.float32) if pieces else np.zeros((0, self.dim), np.float32)
+
+    def speaker_span(
+        self, frames: np.ndarray, turns: list[SpeakerTurn], speaker: str, start: float, end: float
+    ) -> np.ndarray:
+        return _speaker_span(frames, self.frame_rate, turns, speaker, start, end, centre=0.5)
+
+
+def _span(frames: np.ndarray, frame_rate: float, start: float, end: float, centre: float = 0.0) -> np.ndarray:
+    """Rows t whose centre (t + centre) / frame_rate lies in [start, end)."""
+    first, last = int(np.ceil(start * frame_rate - centre)), int(np.ceil(end * frame_rate - centre))
+    return frames[max(0, first): max(0, min(len(frames), last))]
+
+
+def _speaker_span(frames: np.ndarray, frame_rate: float, turns: list[SpeakerTurn], speaker: str,
+                  start: float, end: float, centre: float = 0.0) -> np.ndarray:
+    pieces = [
+        _span(frames, frame_rate, max(start, turn.start), min(end, turn.end), centre)
+        for turn in sorted(turns, key=lambda t: t.start)
+        if turn.speaker == speaker and turn.end > start and turn.start < end
+    ]
+    pieces = [p for p in pieces if len(p)]
+    return np.concatenate(pieces) if pieces else np.zeros((0, frames.shape[1]), np.float32)
+
+
+def _periodicity(y: np.ndarray, cfg: AcousticConfig) -> np.ndarray:
+    """Peak of the normalised autocorrelation at pitch lags, per frame ([T] in [0, 1])."""
+    frame_length = 2 * int(SAMPLE_RATE / cfg.fmin_hz)  # two periods of the lowest pitch
+    padded = np.pad(y, frame_length // 2)
+    frames = librosa.util.frame(padded, frame_length=frame_length, hop_length=cfg.hop_length).T  # [T, L]
+    frames = frames - frames.mean(1, keepdims=True)
+    frames = frames * np.hanning(frame_length)[None]
+    spectrum = np.fft.rfft(frames, n=2 * frame_length)
+    autocorr = np.fft.irfft(np.abs(spectrum) ** 2)[:, :frame_length]                     # [T, L]
+    # Divide by the window's own autocorrelation so that a periodic signal peaks near 1.
+    window_ac = np.correlate(np.hanning(frame_length), np.hanning(frame_length), "full")[frame_length - 1:]
+    autocorr = autocorr / np.maximum(window_ac[None], 1e-3 * window_ac[0])
+    energy = autocorr[:, :1]
+    lo, hi = int(SAMPLE_RATE / cfg.fmax_hz), int(SAMPLE_RATE / cfg.fmin_hz)
+    peak = autocorr[:, lo:hi].max(1, keepdims=True)
+    return np.clip(np.where(energy > 1e-8, peak / np.maximum(energy, 1e-8), 0.0)[:, 0], 0.0, 1.0)

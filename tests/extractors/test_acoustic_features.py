@@ -1,0 +1,87 @@
+"""Acoustic features: known signals give known pitch/voicing; per-speaker slicing; empty spans."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from extractors.acoustic_features import D_ACOUSTIC, FEATURE_NAMES, AcousticFeatureExtractor
+from extractors.audio import SAMPLE_RATE, load_audio
+from extractors.contracts import SpeakerTurn
+
+COLUMN = {name: i for i, name in enumerate(FEATURE_NAMES)}
+
+
+@pytest.fixture(scope="module")
+def extractor():
+    return AcousticFeatureExtractor()
+
+
+def tone(hz: float, seconds: float = 2.0, amplitude: float = 0.5) -> np.ndarray:
+    t = np.arange(int(seconds * SAMPLE_RATE)) / SAMPLE_RATE
+    return (amplitude * np.sin(2 * np.pi * hz * t)).astype(np.float32)
+
+
+def test_dimension_constant():
+    assert D_ACOUSTIC == 47 == len(FEATURE_NAMES)
+
+
+def test_pitch_and_voicing_of_a_tone(extractor):
+    frames = extractor.frames(tone(200.0))
+    assert frames.shape == (201, D_ACOUSTIC) and frames.dtype == np.float32
+    middle = frames[20:-20]
+    np.testing.assert_allclose(np.exp(middle[:, COLUMN["log_f0"]]), 200.0, rtol=0.02)
+    assert middle[:, COLUMN["periodicity"]].min() > 0.95
+    # A tone twice as loud has 2 * ln 2 more log energy.
+    louder = extractor.frames(tone(200.0, amplitude=1.0))[20:-20]
+    np.testing.assert_allclose(louder[:, COLUMN["log_energy"]] - middle[:, COLUMN["log_energy"]],
+                               2 * np.log(2), atol=0.01)
+
+
+def test_noise_is_unvoiced_and_flat(extractor):
+    noise = (np.random.default_rng(0).standard_normal(2 * SAMPLE_RATE) * 0.1).astype(np.float32)
+    frames = extractor.frames(noise)[20:-20]
+    assert np.median(frames[:, COLUMN["periodicity"]]) < 0.4
+    assert (frames[:, COLUMN["log_f0"]] == 0).mean() > 0.9
+    assert np.median(frames[:, COLUMN["spectral_flatness"]]) > 0.3
+
+
+def test_speech_pitch_in_human_range(extractor, media_dir):
+    frames = extractor.frames(load_audio(media_dir / "jfk.flac"))
+    voiced = frames[:, COLUMN["log_f0"]] > 0
+    assert 0.3 < voiced.mean() < 0.9
+    assert 80 < np.exp(np.median(frames[voiced, COLUMN["log_f0"]])) < 250
+    assert np.isfinite(frames).all()
+
+
+def test_speaker_span_takes_only_that_speakers_frames(extractor):
+    frames = np.arange(1000, dtype=np.float32)[:, None].repeat(D_ACOUSTIC, 1)  # row t holds t
+    turns = [SpeakerTurn(1.0, 2.0, "SPK0"), SpeakerTurn(2.0, 3.0, "SPK1"), SpeakerTurn(4.0, 5.0, "SPK0")]
+    rows = extractor.speaker_span(frames, turns, "SPK0", 1.5, 4.5)
+    assert rows[:, 0].tolist() == list(range(150, 200)) + list(range(400, 450))
+    empty = extractor.speaker_span(frames, turns, "SPK1", 4.0, 6.0)
+    assert empty.shape == (0, D_ACOUSTIC)
+    assert extractor.speaker_span(frames, turns, "SPK9", 0, 10).shape == (0, D_ACOUSTIC)
+
+
+def test_too_short_audio_gives_empty(extractor):
+    assert extractor.frames(np.zeros(100, np.float32)).shape == (0, D_ACOUSTIC)
+
+
+@pytest.mark.slow
+def test_whisper_encoder_states_alternative(media_dir):
+    from extractors.acoustic_features import WhisperEncoderFeatures
+
+    encoder = WhisperEncoderFeatures()
+    assert encoder.dim == 384  # tiny.en d_model
+    audio = load_audio(media_dir / "jfk.flac")
+    states = encoder.frames(audio)
+    assert states.shape == (550, 384) and np.isfinite(states).all()  # 11 s at 50 states/s
+    # Inputs over 30 s are encoded in independent 30 s chunks (Whisper attends over its whole window).
+    longer_audio = np.concatenate([audio, audio, audio])
+    longer = encoder.frames(longer_audio)
+    assert longer.shape == (1650, 384)
+    np.testing.assert_allclose(longer[1500:], encoder.frames(longer_audio[30 * SAMPLE_RATE:]), atol=1e-4)
+    turns = [SpeakerTurn(0.0, 1.0, "SPK0")]
+    assert encoder.speaker_span(states, turns, "SPK0", 0.5, 2.0).shape == (25, 384)
+    assert encoder.speaker_span(states, turns, "SPK1", 0.0, 11.0).shape == (0, 384)

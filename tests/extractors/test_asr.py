@@ -1,0 +1,132 @@
+"""Speech recognition on real audio with both backends, word timestamps, silence, languages."""
+
+from __future__ import annotations
+
+import jiwer
+import numpy as np
+import pytest
+import torch
+from whisper.normalizers import EnglishTextNormalizer
+
+from extractors.asr import AsrConfig, SpeechRecognizer
+from extractors.audio import SAMPLE_RATE, load_audio
+from extractors.errors import ModelNotFoundError
+from extractors.model_store import resolve_model
+from extractors.whisper_convert import convert_ct2_to_openai_whisper, read_ct2_model
+
+JFK = "And so my fellow Americans, ask not what your country can do for you, ask what you can do for your country."
+normalize = EnglishTextNormalizer()
+
+
+def wer(reference: str, hypothesis: str) -> float:
+    return jiwer.wer(normalize(reference), normalize(hypothesis))
+
+
+def stm_text(path) -> str:
+    return " ".join(" ".join(line.split()[5:]) for line in path.read_text().splitlines() if line.strip())
+
+
+@pytest.fixture(scope="module")
+def recognizer():
+    return SpeechRecognizer(AsrConfig())
+
+
+@pytest.fixture(scope="module")
+def jfk(media_dir):
+    return load_audio(media_dir / "jfk.flac")
+
+
+def check_jfk(segments):
+    text = " ".join(s.text for s in segments)
+    assert wer(JFK, text) <= 0.05, text
+    words = [w for s in segments for w in s.words]
+    assert [w.start for w in words] == sorted(w.start for w in words)
+    assert all(0.0 <= w.start <= w.end <= 11.0 for w in words)
+    by_text = {normalize(w.text): w for w in words}
+    # "americans" is said around 1.5-2.3 s, the last "country" ends near 10.4 s.
+    assert 1.2 < by_text["americans"].start < 2.4
+    assert 9.8 < words[-1].end < 11.0
+    assert all(s.language == "en" for s in segments)
+
+
+def test_faster_whisper_jfk(recognizer, jfk):
+    check_jfk(recognizer.transcribe(jfk))
+
+
+def test_phone_call_against_stm(recognizer, data_dir):
+    audio = load_audio(data_dir / "pyannote_sample" / "sample.wav")
+    segments = recognizer.transcribe(audio)
+    reference = stm_text(data_dir / "pyannote_sample" / "sample.stm")
+    assert wer(reference, " ".join(s.text for s in segments)) <= 0.30
+    assert segments[0].start > 6.0  # nothing is said before 6.68 s: nothing transcribed there
+    assert [s.id for s in segments] == [f"S{i}" for i in range(len(segments))]
+
+
+def test_silence_gives_no_segments(recognizer):
+    assert recognizer.transcribe(np.zeros(20 * SAMPLE_RATE, np.float32)) == []
+    assert recognizer.transcribe(np.zeros(0, np.float32)) == []
+
+
+def test_silence_around_speech_is_not_transcribed(recognizer, jfk):
+    padded = np.concatenate([np.zeros(10 * SAMPLE_RATE, np.float32), jfk, np.zeros(10 * SAMPLE_RATE, np.float32)])
+    segments = recognizer.transcribe(padded)
+    assert wer(JFK, " ".join(s.text for s in segments)) <= 0.05
+    assert segments[0].start > 10.0 and segments[-1].end < 21.0  # times are in the padded audio
+
+
+@pytest.mark.slow
+def test_openai_whisper_backend_on_converted_checkpoint(tmp_path, jfk):
+    checkpoint = convert_ct2_to_openai_whisper(resolve_model("whisper-tiny.en"), tmp_path / "tiny.en.pt")
+    loaded = torch.load(checkpoint, weights_only=True)  # no pickled code
+    assert loaded["dims"]["n_text_layer"] == 4 and loaded["alignment_heads"][0] == [1, 0]
+    recognizer = SpeechRecognizer(AsrConfig(backend="openai-whisper", model_path=str(checkpoint)),
+                                  vad=None)
+    check_jfk(recognizer.transcribe(jfk))
+
+
+def test_converter_splits_fused_attention(tmp_path):
+    """The converted query/key/value are the rows of CTranslate2's fused matrix."""
+    ct2 = resolve_model("whisper-tiny.en")
+    _, variables = read_ct2_model(ct2 / "model.bin")
+    checkpoint = torch.load(convert_ct2_to_openai_whisper(ct2, tmp_path / "t.pt"), weights_only=True)
+    state = checkpoint["model_state_dict"]
+    fused = variables["decoder/layer_1/self_attention/linear_0/weight"].astype(np.float32)
+    d = fused.shape[1]
+    np.testing.assert_array_equal(state["decoder.blocks.1.attn.key.weight"].float().numpy(), fused[d: 2 * d])
+    assert "decoder.blocks.1.attn.key.bias" not in state
+    kv = variables["decoder/layer_0/attention/linear_1/weight"].astype(np.float32)
+    np.testing.assert_array_equal(state["decoder.blocks.0.cross_attn.value.weight"].float().numpy(), kv[d:])
+
+
+@pytest.mark.slow
+def test_multilingual_base_detects_english(jfk):
+    recognizer = SpeechRecognizer(AsrConfig(model="whisper-base"))
+    assert recognizer.multilingual
+    language, probability = recognizer.detect_language(jfk)
+    assert language == "en" and probability > 0.8
+    check_jfk(recognizer.transcribe(jfk))
+
+
+def test_missing_models_are_clear_errors(tmp_path):
+    with pytest.raises(ModelNotFoundError, match="not a CTranslate2 Whisper folder"):
+        SpeechRecognizer(AsrConfig(model_path=str(tmp_path)))
+    with pytest.raises(ModelNotFoundError, match="Hugging Face cache"):
+        SpeechRecognizer(AsrConfig(model="Someone/not-a-cached-model"))
+    with pytest.raises(ModelNotFoundError, match="does not exist"):
+        SpeechRecognizer(AsrConfig(backend="openai-whisper", model_path=str(tmp_path / "x.pt")))
+
+
+def test_video_without_audio_gives_no_speech(recognizer, tmp_path):
+    import av
+
+    video = tmp_path / "silent.mp4"
+    with av.open(str(video), "w") as container:
+        stream = container.add_stream("mpeg4", rate=5)
+        stream.width, stream.height, stream.pix_fmt = 32, 32, "yuv420p"
+        for _ in range(5):
+            frame = av.VideoFrame.from_ndarray(np.zeros((32, 32, 3), np.uint8), format="rgb24")
+            for packet in stream.encode(frame):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    assert recognizer.transcribe(load_audio(video)) == []

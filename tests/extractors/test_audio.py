@@ -1,0 +1,71 @@
+"""Audio decoding: real files, spans, a video without sound, and bad files."""
+
+from __future__ import annotations
+
+import logging
+
+import av
+import numpy as np
+import pytest
+
+from extractors.audio import SAMPLE_RATE, has_audio_stream, load_audio
+from extractors.errors import MediaError
+
+
+def make_video_without_audio(path, seconds: float = 1.0, fps: int = 10) -> None:
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("mpeg4", rate=fps)
+        stream.width, stream.height, stream.pix_fmt = 64, 48, "yuv420p"
+        for i in range(int(seconds * fps)):
+            image = np.full((48, 64, 3), i * 20 % 255, dtype=np.uint8)
+            for packet in stream.encode(av.VideoFrame.from_ndarray(image, format="rgb24")):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+
+
+def test_flac_decodes_to_16k_mono_float32(media_dir):
+    audio = load_audio(media_dir / "jfk.flac")
+    assert audio.dtype == np.float32 and audio.ndim == 1
+    assert len(audio) == 176000  # 11.0 s at 16 kHz
+    assert 0.15 < float(np.sqrt(np.mean(audio**2))) < 0.25
+    assert np.abs(audio).max() <= 1.0
+
+
+def test_span_matches_slice_of_full_decode(media_dir):
+    full = load_audio(media_dir / "jfk.flac")
+    span = load_audio(media_dir / "jfk.flac", start=2.0, end=5.0)
+    assert len(span) == 3 * SAMPLE_RATE
+    np.testing.assert_allclose(span, full[2 * SAMPLE_RATE: 5 * SAMPLE_RATE], atol=1e-4)
+
+
+def test_audio_track_of_a_video_is_resampled(media_dir):
+    audio = load_audio(media_dir / "visualvoice_interview.mp4")
+    assert abs(len(audio) / SAMPLE_RATE - 17.6) < 0.2
+    assert has_audio_stream(media_dir / "visualvoice_interview.mp4")
+
+
+def test_video_without_audio_is_silent_with_a_warning(tmp_path, caplog):
+    video = tmp_path / "silent.mp4"
+    make_video_without_audio(video)
+    assert not has_audio_stream(video)
+    with caplog.at_level(logging.WARNING, logger="extractors.audio"):
+        audio = load_audio(video)
+    assert audio.shape == (0,) and audio.dtype == np.float32
+    assert "has no audio stream" in caplog.text
+
+
+def test_strict_load_of_video_without_audio_raises(tmp_path):
+    video = tmp_path / "silent.mp4"
+    make_video_without_audio(video)
+    with pytest.raises(MediaError, match=r"silent\.mp4 has no audio stream"):
+        load_audio(video, require_audio=True)
+
+
+def test_missing_and_corrupt_files_raise_media_error(tmp_path):
+    with pytest.raises(MediaError, match="not found"):
+        load_audio(tmp_path / "nope.wav")
+    corrupt = tmp_path / "corrupt.mp4"
+    corrupt.write_bytes(np.random.default_rng(0).integers(0, 255, 5000, dtype=np.uint8).tobytes())
+    with pytest.raises(MediaError, match="corrupt"):
+        load_audio(corrupt)

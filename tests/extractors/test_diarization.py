@@ -1,0 +1,91 @@
+"""Speaker turns on a real two-party call (DER against its RTTM), one speaker, silence, RTTM."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from pyannote.core import Annotation, Segment
+from pyannote.metrics.diarization import DiarizationErrorRate
+
+from extractors.audio import SAMPLE_RATE, load_audio
+from extractors.contracts import SpeakerTurn
+from extractors.diarization import SpeakerDiarizer, read_rttm, to_rttm, write_rttm
+
+
+def annotation(turns: list[SpeakerTurn]) -> Annotation:
+    result = Annotation()
+    for turn in turns:
+        result[Segment(turn.start, turn.end)] = turn.speaker
+    return result
+
+
+@pytest.fixture(scope="module")
+def diarizer():
+    return SpeakerDiarizer()
+
+
+@pytest.fixture(scope="module")
+def call(data_dir):
+    return load_audio(data_dir / "pyannote_sample" / "sample.wav")
+
+
+def der(data_dir, turns) -> float:
+    reference = annotation(read_rttm(data_dir / "pyannote_sample" / "sample.rttm"))
+    return DiarizationErrorRate(collar=0.25)(reference, annotation(turns))
+
+
+def test_two_party_call_automatic_speaker_count(diarizer, call, data_dir):
+    turns = diarizer(call)
+    assert {t.speaker for t in turns} == {"SPK0", "SPK1"}
+    assert der(data_dir, turns) <= 0.20
+    assert all(a.end <= b.start for a, b in zip(turns, turns[1:], strict=False))
+    assert turns[0].start > 6.0  # nobody speaks before 6.69 s
+
+
+def test_given_number_of_speakers(diarizer, call, data_dir):
+    turns = diarizer(call, num_speakers=2)
+    assert len({t.speaker for t in turns}) == 2
+    assert der(data_dir, turns) <= 0.20
+    assert {t.speaker for t in diarizer(call, num_speakers=1)} == {"SPK0"}
+
+
+def test_single_speaker_stays_one(diarizer, media_dir):
+    turns = diarizer(load_audio(media_dir / "jfk.flac"))
+    assert {t.speaker for t in turns} == {"SPK0"}
+    assert 7.0 < sum(t.end - t.start for t in turns) < 11.0
+
+
+def test_silence_has_no_turns(diarizer):
+    assert diarizer(np.zeros(10 * SAMPLE_RATE, np.float32)) == []
+
+
+def test_rttm_round_trip(tmp_path):
+    turns = [SpeakerTurn(0.5, 1.25, "SPK0"), SpeakerTurn(1.5, 3.0, "SPK1")]
+    text = to_rttm(turns, "my file")
+    assert text.splitlines()[0] == "SPEAKER my_file 1 0.500 0.750 <NA> <NA> SPK0 <NA> <NA>"
+    path = write_rttm(turns, tmp_path / "out.rttm")
+    assert read_rttm(path) == turns
+    assert not list(tmp_path.glob(".*.tmp"))
+
+
+def test_transcript_split_by_speaker_matches_stm_speakers(diarizer, call, data_dir):
+    from extractors.asr import SpeechRecognizer
+    from extractors.diarization import split_by_speaker
+
+    segments = split_by_speaker(SpeechRecognizer().transcribe(call), diarizer(call))
+    stm = [line.split() for line in (data_dir / "pyannote_sample" / "sample.stm").read_text().splitlines()]
+    reference = [(float(f[3]), float(f[4]), f[2]) for f in stm]  # start, end, speaker name
+    pairs = []
+    for segment in segments:
+        assert {w.text for w in segment.words} and segment.turn in {"SPK0", "SPK1"}
+        for word in segment.words:
+            middle = (word.start + word.end) / 2
+            name = next((n for s, e, n in reference if s - 0.1 <= middle <= e + 0.1), None)
+            if name is not None:
+                pairs.append((segment.turn, name))
+    # Map each cluster to the STM name it co-occurs with most, then count agreeing words.
+    mapping = {turn: max({n for _, n in pairs}, key=lambda n, t=turn: pairs.count((t, n))) for turn, _ in pairs}
+    assert set(mapping.values()) == {"Diane", "Sheila"}
+    agreement = np.mean([mapping[t] == n for t, n in pairs])
+    assert agreement >= 0.85, agreement
+    assert [s.id for s in segments] == [f"S{i}" for i in range(len(segments))]
