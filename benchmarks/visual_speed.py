@@ -1,0 +1,117 @@
+"""Speed of the visual stages (decode, shots, detection, tracking, embedding, expression) at 720p and 1080p.
+
+Runs the whole visual pass (extractors.visual_features.VisualExtractor, default settings) on real clips
+from ../shared/media several times and prints a markdown table of medians: frames per second of each
+stage (analysed frames / seconds spent in it) and the whole pass as a fraction of the video's duration
+(target: at most 0.5 on a 2-core CPU). CPU with 1 and 2 torch threads side by side, and CUDA when present.
+
+    .venv/bin/python benchmarks/visual_speed.py [--runs 3] [--out benchmarks/results/visual_speed.md]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from extractors.media import DEFAULT_ANALYSIS_FPS, iter_frames  # noqa: E402
+from extractors.visual_features import STAGES, VisualConfig, VisualExtractor  # noqa: E402
+
+CLIPS = (("720p", "visualvoice_interview.mp4"), ("1080p", "facenet_pytorch_video.mp4"))
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown CPU"
+
+
+def full_rate_decode_fps(path: Path) -> float:
+    started = time.perf_counter()
+    count = sum(1 for _ in iter_frames(path, fps=None))
+    return count / (time.perf_counter() - started)
+
+
+def measure(extractor: VisualExtractor, path: Path, runs: int) -> dict:
+    extractor(path)  # warm-up: first-call allocations, caches
+    rows = []
+    for _ in range(runs):
+        started, cpu_started = time.perf_counter(), time.process_time()
+        result = extractor(path)
+        wall, cpu = time.perf_counter() - started, time.process_time() - cpu_started
+        faces = sum(len(t.detections) for t in result.tracks)
+        rows.append({"wall": wall, "cpu": cpu, "frames": result.frames_analysed, "faces": faces,
+                     "tracks": len(result.tracks), "characters": len(result.characters),
+                     "duration": result.info.duration, **result.seconds})
+    return {key: statistics.median(r[key] for r in rows) for key in rows[0]}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--media", type=Path, default=Path(os.environ.get("RAMER_SHARED_DIR", REPO.parent / "shared")) / "media")
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--out", type=Path, default=None, help="also write the table to this markdown file")
+    args = parser.parse_args()
+
+    settings = [("cpu", 1), ("cpu", 2)] + ([("cuda", 2)] if torch.cuda.is_available() else [])
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    lines = [
+        f"Machine: {cpu_model()}, {os.cpu_count()} cores, torch {torch.__version__}, "
+        f"{'CUDA ' + torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'no GPU'}; "
+        f"python {platform.python_version()}; 1-minute load average at start {load:.1f}.",
+        f"Defaults: analysis {DEFAULT_ANALYSIS_FPS:g} frames/s, detection on frames downscaled to "
+        f"{VisualConfig().detector.max_side} px (longer side), min face {VisualConfig().detector.min_face_size} px, "
+        f"{VisualConfig().chips_per_track} identity chips per track. Medians of {args.runs} runs after a warm-up.",
+        "Stage columns: analysed frames per second of time spent in that stage (decode includes skipping the "
+        "frames between samples). x duration: whole pass (wall clock) / video length (target <= 0.5). "
+        "CPU s: processor time of the pass (all threads); with 1 thread it is the wall time an idle machine "
+        "would need, whatever else shares the cores (decoding threads add a little).",
+        "",
+        "| clip | device | threads | full-rate decode fps | frames | faces | decode | shots | detection | tracking "
+        "| embedding | expression | total s | x duration | target | CPU s | CPU x duration |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for label, name in CLIPS:
+        path = args.media / name
+        decode_fps = full_rate_decode_fps(path)
+        for device, threads in settings:
+            config = VisualConfig(torch_threads=threads)
+            config.detector.device = device
+            extractor = VisualExtractor(config)
+            extractor.expression.device = torch.device(device)
+            extractor.expression.model.to(device)
+            m = measure(extractor, path, args.runs)
+            fps = {stage: (m["frames"] / m[stage] if m[stage] > 0 else float("inf")) for stage in STAGES}
+            ratio = m["wall"] / m["duration"]
+            lines.append(
+                f"| {label} {name} | {device} | {threads} | {decode_fps:.0f} | {m['frames']:.0f} | {m['faces']:.0f} | "
+                + " | ".join(f"{fps[s]:.1f}" for s in ("decode", "shots", "detection", "tracking", "embedding", "expression"))
+                + f" | {m['wall']:.2f} | {ratio:.2f} | {'met' if ratio <= 0.5 else 'missed'}"
+                + f" | {m['cpu']:.2f} | {m['cpu'] / m['duration']:.2f} |"
+            )
+            print(lines[-1], file=sys.stderr, flush=True)
+    table = "\n".join(lines)
+    print(table)
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = args.out.with_suffix(".tmp")
+        tmp.write_text(table + "\n")
+        tmp.replace(args.out)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,182 @@
+"""Video probing and streaming frame decoding at an analysis sampling rate.
+
+Frames are decoded one at a time with PyAV (never the whole video in memory). Each sampled frame carries
+its exact presentation time (``pts * time_base``), so variable-frame-rate video gives true times, and the
+rotation stored in the container's display matrix is applied so images are upright.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path
+
+import av
+import numpy as np
+
+from extractors.contracts import VideoInfo
+from extractors.errors import MediaError
+
+log = logging.getLogger(__name__)
+
+DEFAULT_ANALYSIS_FPS = 4.0  # frames per second looked at by the visual stages
+
+
+@dataclass
+class Frame:
+    index: int          # index among the decoded frames (0-based, every frame counted, from ``start``)
+    t: float            # presentation time in seconds from the start of the stream
+    image: np.ndarray   # [H, W, 3] uint8 RGB, upright (rotation applied)
+
+
+def _open(path: str | os.PathLike) -> av.container.InputContainer:
+    path = Path(path)
+    if not path.is_file():
+        raise MediaError(f"{path}: no such file; check the path")
+    try:
+        return av.open(str(path), mode="r")
+    except (av.error.FFmpegError, OSError, ValueError) as error:
+        raise MediaError(
+            f"{path}: cannot be read as media ({error}); it is truncated, corrupt or not a video: "
+            "re-download it or re-encode it (e.g. ffmpeg -i in.mkv out.mp4)"
+        ) from None
+
+
+def _video_stream(container, path) -> av.video.stream.VideoStream:
+    if not container.streams.video:
+        container.close()
+        raise MediaError(f"{path}: has no video stream; give a video file (mp4, mkv, ...)")
+    return container.streams.video[0]
+
+
+def _stream_rotation(stream) -> int:
+    """Clockwise degrees to apply so the picture is upright, from the stream's display matrix (0 if none)."""
+    rotate = stream.metadata.get("rotate") if stream.metadata else None
+    if rotate is not None:
+        try:
+            return int(rotate) % 360
+        except ValueError:
+            return 0
+    return 0
+
+
+def _clockwise_from_display(display_rotation: float) -> int:
+    # The display matrix stores a counter-clockwise angle; FFmpeg's autorotate turns the picture back by it.
+    return int(round(-display_rotation / 90.0)) * 90 % 360
+
+
+def probe(path: str | os.PathLike) -> VideoInfo:
+    """Reads the container header (and the first frame, for rotation) into a :class:`VideoInfo`."""
+    container = _open(path)
+    try:
+        stream = _video_stream(container, path)
+        width, height = stream.codec_context.width, stream.codec_context.height
+        if not width or not height:
+            raise MediaError(f"{path}: the video stream has no picture size; the file is corrupt")
+        fps = float(stream.average_rate) if stream.average_rate else 0.0
+        if stream.duration is not None and stream.time_base is not None:
+            duration = float(stream.duration * stream.time_base)
+        elif container.duration is not None:
+            duration = container.duration / av.time_base
+        else:
+            duration = 0.0
+        rotation = _stream_rotation(stream)
+        try:  # the display matrix arrives as frame side data in FFmpeg 7
+            first = next(container.decode(stream))
+            rotation = _clockwise_from_display(first.rotation) or rotation
+        except (StopIteration, av.error.FFmpegError):
+            raise MediaError(f"{path}: no decodable video frame; the file is truncated or corrupt") from None
+        if rotation in (90, 270):
+            width, height = height, width
+        audio = container.streams.audio[0] if container.streams.audio else None
+        return VideoInfo(
+            path=str(path),
+            duration=duration,
+            fps=fps,
+            width=int(width),
+            height=int(height),
+            rotation=rotation,
+            has_audio=audio is not None,
+            audio_sample_rate=int(audio.sample_rate) if audio is not None and audio.sample_rate else None,
+            frame_count=int(stream.frames) if stream.frames else None,
+        )
+    finally:
+        container.close()
+
+
+def _upright(image: np.ndarray, clockwise: int) -> np.ndarray:
+    if clockwise == 0:
+        return np.ascontiguousarray(image)  # rows may be padded by FFmpeg; dlib and cv2 want packed rows
+    return np.ascontiguousarray(np.rot90(image, k=-(clockwise // 90)))
+
+
+def iter_frames(
+    path: str | os.PathLike,
+    fps: float | None = DEFAULT_ANALYSIS_FPS,
+    start: float = 0.0,
+    end: float | None = None,
+    threads: int = 0,
+) -> Iterator[Frame]:
+    """Yields upright RGB frames sampled at ``fps`` (every frame when ``fps`` is None).
+
+    Sampling follows presentation times: the first frame at or after each tick ``start + k / fps`` is
+    yielded once, so variable frame rates and dropped frames give correct times. Only sampled frames are
+    converted to RGB. ``threads`` = 0 lets FFmpeg choose; a truncated file ends the stream with a warning
+    after the last decodable frame, and an unreadable one raises :class:`MediaError`.
+    """
+    if fps is not None and fps <= 0:
+        raise ValueError(f"fps must be positive or None, got {fps}")
+    container = _open(path)
+    stream = _video_stream(container, path)
+    stream.thread_type = "AUTO"
+    if threads:
+        stream.thread_count = threads
+    period = None if fps is None else 1.0 / fps
+    next_tick = start
+    half_frame = 0.5 / float(stream.average_rate) if stream.average_rate else 0.0
+    # A frame within half a frame before the tick counts as on the tick (timestamps are rounded).
+    tolerance = min(half_frame, 0.5 * period) if period else 0.0
+    time_base = stream.time_base or Fraction(1, 1)
+    yielded = 0
+    index = -1
+    last_t = None
+    finished = False
+    try:
+        if start > 0:
+            container.seek(int(start / time_base), stream=stream, backward=True)
+        for frame in container.decode(stream):
+            index += 1
+            if frame.pts is None:
+                continue
+            t = float(frame.pts * time_base)
+            last_t = t
+            if t < start - tolerance:
+                continue
+            if end is not None and t >= end:
+                break
+            if period is not None:
+                if t < next_tick - tolerance:
+                    continue
+                next_tick = start + (math.floor((t + tolerance - start) / period) + 1) * period
+            image = frame.to_ndarray(format="rgb24")
+            yield Frame(index=index, t=t, image=_upright(image, _clockwise_from_display(frame.rotation)))
+            yielded += 1
+        else:
+            finished = True
+    except av.error.FFmpegError as error:
+        if yielded == 0:
+            raise MediaError(f"{path}: cannot decode video ({error}); the file is truncated or corrupt") from None
+        log.warning("%s: decoding stopped at %.2f s (%s); the file looks truncated", path, next_tick, error)
+    finally:
+        container.close()
+    if yielded == 0 and index < 0:
+        raise MediaError(f"{path}: no decodable video frame; the file is truncated or corrupt")
+    if finished and last_t is not None and stream.duration is not None:
+        expected = float(stream.duration * time_base)
+        if last_t < expected - max(1.0, 4 * half_frame):
+            log.warning("%s: video data ends at %.2f s but the header says %.2f s; the file looks truncated",
+                        path, last_t, expected)

@@ -1,0 +1,260 @@
+"""The visual stages over one video, and per-(time span, character) visual feature sequences.
+
+:func:`extract_visual` makes one streaming pass: decode at the analysis rate -> shot boundaries -> MTCNN
+faces -> tracks within shots (with the best identity chips of each track kept as they go by) ->
+expression probabilities and landmark geometry per face; then embeds the kept chips and clusters tracks
+into characters. :meth:`VisualResult.sequence` gives a character's ``[T, D_VISUAL]`` feature sequence over
+a time span, or an empty ``(0, D_VISUAL)`` array when that face is not on screen.
+
+Feature vector (``VISUAL_FEATURE_NAMES``): fer's 7 expression probabilities, then geometry from MTCNN's
+five landmarks (eyes, nose, mouth corners), lengths divided by the inter-ocular distance so they do not
+depend on face size. Five landmarks give no eyebrow or lip-gap points, so mouth opening is measured by
+proxies (mouth corners dropping away from the eyes and nose) and no brow distance is included.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import cv2
+import numpy as np
+import torch
+
+from extractors.contracts import Character, FaceDetection, FaceTrack, VideoInfo
+from extractors.expression import EXPRESSION_LABELS, ExpressionClassifier, fer_face_crop
+from extractors.faces import FaceDetector, FaceDetectorConfig
+from extractors.identity import TrackChips, build_characters, load_cast, load_face_embedder
+from extractors.media import DEFAULT_ANALYSIS_FPS, iter_frames, probe
+from extractors.shots import Shot, ShotDetector, ShotDetectorConfig
+from extractors.tracking import FaceTracker, TrackerConfig
+
+log = logging.getLogger(__name__)
+
+GEOMETRY_NAMES = (
+    "mouth_width",          # mouth corner to corner / inter-ocular distance
+    "eye_mouth_distance",   # eye midpoint to mouth midpoint / iod (grows as the jaw drops)
+    "nose_mouth_distance",  # nose tip to mouth midpoint / iod (mouth-opening proxy)
+    "eye_distance_ratio",   # inter-ocular distance / box width (shrinks as the head turns)
+    "head_roll",            # angle of the eye line, radians (positive: clockwise in the image)
+    "head_yaw",             # nose offset from the eye midpoint along the eye line / iod
+    "head_pitch",           # where the nose sits between the eye line (0) and the mouth line (1)
+    "face_scale",           # box height / frame height
+)
+VISUAL_FEATURE_NAMES = tuple(f"expression_{label}" for label in EXPRESSION_LABELS) + GEOMETRY_NAMES
+D_EXPRESSION = len(EXPRESSION_LABELS)
+D_VISUAL = len(VISUAL_FEATURE_NAMES)  # 15
+
+
+def landmark_geometry(detection: FaceDetection, frame_height: int) -> np.ndarray:
+    """[len(GEOMETRY_NAMES)] float32 geometry of one face from its 5 landmarks and box."""
+    eye_l, eye_r, nose, mouth_l, mouth_r = np.asarray(detection.landmarks, dtype=np.float64)
+    eye_mid, mouth_mid = (eye_l + eye_r) / 2, (mouth_l + mouth_r) / 2
+    eye_vector = eye_r - eye_l
+    iod = max(float(np.linalg.norm(eye_vector)), 1e-6)
+    along = eye_vector / iod                   # unit vector along the eye line
+    across = np.array([-along[1], along[0]])   # perpendicular, pointing down the face
+    mouth_depth = float((mouth_mid - eye_mid) @ across)
+    x1, y1, x2, y2 = detection.box
+    return np.array([
+        np.linalg.norm(mouth_r - mouth_l) / iod,
+        np.linalg.norm(mouth_mid - eye_mid) / iod,
+        np.linalg.norm(mouth_mid - nose) / iod,
+        iod / max(x2 - x1, 1e-6),
+        np.arctan2(eye_vector[1], eye_vector[0]),
+        float((nose - eye_mid) @ along) / iod,
+        float((nose - eye_mid) @ across) / mouth_depth if abs(mouth_depth) > 1e-6 else 0.0,
+        (y2 - y1) / max(frame_height, 1),
+    ], dtype=np.float32)
+
+
+@dataclass
+class VisualConfig:
+    analysis_fps: float = DEFAULT_ANALYSIS_FPS   # frames looked at per second of video
+    detector: FaceDetectorConfig = field(default_factory=FaceDetectorConfig)
+    shots: ShotDetectorConfig = field(default_factory=ShotDetectorConfig)
+    tracker: TrackerConfig = field(default_factory=TrackerConfig)
+    chips_per_track: int = 2                    # faces embedded per track for identity (about 55 ms each with dlib)
+    embedder: str = "auto"                      # "auto" (facenet if cached, else dlib), "facenet" or "dlib"
+    cluster_threshold: float | None = None      # None: the embedder's own same-person distance
+    expression_batch: int = 64                  # faces per expression-model call
+    torch_threads: int | None = None            # set torch's CPU threads during a pass (None: leave as is);
+                                                # 1 is far faster than 2 when other jobs share 2 cores
+
+
+STAGES = ("decode", "shots", "detection", "tracking", "embedding", "expression", "clustering")
+
+
+@dataclass
+class VisualResult:
+    info: VideoInfo
+    shots: list[Shot]
+    tracks: list[FaceTrack]
+    characters: list[Character]
+    features: dict[str, np.ndarray]           # track id -> [len(track.detections), D_VISUAL] float32
+    frames_analysed: int
+    seconds: dict[str, float] = field(default_factory=dict)  # wall time per stage
+
+    def track(self, track_id: str) -> FaceTrack:
+        return next(t for t in self.tracks if t.id == track_id)
+
+    def character_of_track(self) -> dict[str, str]:
+        return {tid: c.id for c in self.characters for tid in c.track_ids}
+
+    def sequence(self, character_id: str, start: float, end: float) -> tuple[np.ndarray, np.ndarray]:
+        """(times [T], features [T, D_VISUAL] float32) of a character's face in ``start <= t < end``.
+
+        T = 0 (arrays of shape (0,) and (0, D_VISUAL)) when the face is not on screen then.
+        """
+        character = next((c for c in self.characters if c.id == character_id), None)
+        if character is None:
+            raise KeyError(f"no character {character_id!r}; known: {[c.id for c in self.characters]}")
+        best: dict[float, tuple[float, np.ndarray]] = {}
+        for track_id in character.track_ids:
+            track = self.track(track_id)
+            for detection, row in zip(track.detections, self.features[track_id], strict=True):
+                if start <= detection.t < end and detection.score > best.get(detection.t, (-1.0, None))[0]:
+                    best[detection.t] = (detection.score, row)
+        times = np.array(sorted(best), dtype=np.float64)
+        if not len(times):
+            return times, np.zeros((0, D_VISUAL), dtype=np.float32)
+        return times, np.stack([best[t][1] for t in times]).astype(np.float32)
+
+    def serialize(self) -> dict:
+        return {
+            "video": self.info.serialize(),
+            "shots": [s.serialize() for s in self.shots],
+            "tracks": [t.serialize() for t in self.tracks],
+            "characters": [c.serialize() for c in self.characters],
+            "frames_analysed": self.frames_analysed,
+            "seconds": dict(self.seconds),
+        }
+
+
+class VisualExtractor:
+    """Holds the loaded models, so many videos can be processed without reloading them."""
+
+    def __init__(self, config: VisualConfig | None = None):
+        self.config = config or VisualConfig()
+        self.detector = FaceDetector(self.config.detector)
+        self.expression = ExpressionClassifier(batch_size=self.config.expression_batch)
+        self.embedder = load_face_embedder(self.config.embedder)
+        self.threshold = self.config.cluster_threshold or self.embedder.distance_threshold
+
+    def __call__(
+        self,
+        path: str | os.PathLike,
+        cast_file: str | os.PathLike | None = None,
+        progress: Callable[[float, float], None] | None = None,
+    ) -> VisualResult:
+        """Runs every visual stage on ``path``; ``progress(seconds_done, duration)`` is called per batch."""
+        if self.config.torch_threads is None:
+            return self._run(path, cast_file, progress)
+        threads = torch.get_num_threads()
+        torch.set_num_threads(self.config.torch_threads)
+        try:
+            return self._run(path, cast_file, progress)
+        finally:
+            torch.set_num_threads(threads)
+
+    def _run(self, path, cast_file, progress) -> VisualResult:
+        cfg = self.config
+        info = probe(path)
+        cast = load_cast(cast_file, self.detector, self.embedder) if cast_file else None
+        seconds = dict.fromkeys(STAGES, 0.0)
+        shots = ShotDetector(cfg.shots)
+        tracker = FaceTracker(cfg.tracker)
+        chips = TrackChips(self.embedder, capacity=cfg.chips_per_track)
+        rows: dict[str, list[np.ndarray]] = {}             # track id -> feature rows (expression filled later)
+        pending: list[tuple[str, int, np.ndarray]] = []   # (track id, row index, 64x64 crop) awaiting the model
+        frames_analysed = 0
+
+        def flush_expression() -> None:
+            if not pending:
+                return
+            started = time.perf_counter()
+            probs = self.expression.predict_crops(np.stack([crop for _, _, crop in pending]))
+            for (track_id, index, _), p in zip(pending, probs, strict=True):
+                if track_id in rows:
+                    rows[track_id][index][:D_EXPRESSION] = p
+            pending.clear()
+            seconds["expression"] += time.perf_counter() - started
+
+        def process(batch) -> None:
+            started = time.perf_counter()
+            detections = self.detector.detect([f.image for f in batch], [f.t for f in batch])
+            seconds["detection"] += time.perf_counter() - started
+            for frame, found in zip(batch, detections, strict=True):
+                started = time.perf_counter()
+                shot = shots.update(frame.t, frame.image)
+                seconds["shots"] += time.perf_counter() - started
+                started = time.perf_counter()
+                track_ids = tracker.update(frame.t, shot, found, frame.image)
+                seconds["tracking"] += time.perf_counter() - started
+                if not found:
+                    continue
+                started = time.perf_counter()
+                for track_id, detection in zip(track_ids, found, strict=True):
+                    chips.offer(track_id, frame.image, detection)
+                seconds["embedding"] += time.perf_counter() - started
+                started = time.perf_counter()
+                gray = cv2.cvtColor(frame.image, cv2.COLOR_RGB2GRAY)
+                for track_id, detection in zip(track_ids, found, strict=True):
+                    row = np.empty(D_VISUAL, dtype=np.float32)
+                    row[:D_EXPRESSION] = 1.0 / D_EXPRESSION   # stays uniform only if fer would skip the face
+                    row[D_EXPRESSION:] = landmark_geometry(detection, frame.image.shape[0])
+                    track_rows = rows.setdefault(track_id, [])
+                    crop = fer_face_crop(gray, detection.box)
+                    if crop is not None:
+                        pending.append((track_id, len(track_rows), crop))
+                    track_rows.append(row)
+                seconds["expression"] += time.perf_counter() - started
+            if len(pending) >= cfg.expression_batch:
+                flush_expression()
+            for track_id in tracker.discard_spurious():   # free the faces and rows of dropped tracks early
+                chips.faces.pop(track_id, None)
+                rows.pop(track_id, None)
+            if progress is not None:
+                progress(batch[-1].t, info.duration)
+
+        batch = []
+        frames = iter_frames(path, cfg.analysis_fps)
+        while True:
+            started = time.perf_counter()
+            frame = next(frames, None)
+            seconds["decode"] += time.perf_counter() - started
+            if frame is None:
+                break
+            batch.append(frame)
+            frames_analysed += 1
+            if len(batch) == cfg.detector.batch_size:
+                process(batch)
+                batch = []
+        if batch:
+            process(batch)
+        flush_expression()
+        tracks = tracker.finish()
+
+        started = time.perf_counter()
+        embeddings = chips.embed([t.id for t in tracks])
+        seconds["embedding"] += time.perf_counter() - started
+        started = time.perf_counter()
+        characters = build_characters(tracks, embeddings, self.threshold, cast)
+        seconds["clustering"] += time.perf_counter() - started
+        features = {t.id: np.stack(rows[t.id]).astype(np.float32) for t in tracks}
+        log.info("%s: %d frames, %d shots, %d tracks, %d characters", path, frames_analysed,
+                 len(shots.shots), len(tracks), len(characters))
+        return VisualResult(info, shots.shots, tracks, characters, features, frames_analysed, seconds)
+
+
+def extract_visual(
+    path: str | os.PathLike,
+    config: VisualConfig | None = None,
+    cast_file: str | os.PathLike | None = None,
+    progress: Callable[[float, float], None] | None = None,
+) -> VisualResult:
+    """Every visual stage on one video with freshly loaded models (see :class:`VisualExtractor`)."""
+    return VisualExtractor(config)(path, cast_file=cast_file, progress=progress)

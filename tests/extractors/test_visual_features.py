@@ -1,0 +1,108 @@
+"""Per-(time span, character) visual feature sequences, and the whole visual pass on real and faceless video."""
+
+from __future__ import annotations
+
+import av
+import numpy as np
+import pytest
+import torch
+
+from extractors.contracts import FaceDetection
+from extractors.visual_features import (
+    D_EXPRESSION,
+    D_VISUAL,
+    GEOMETRY_NAMES,
+    VISUAL_FEATURE_NAMES,
+    VisualExtractor,
+    landmark_geometry,
+)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_torch_thread():
+    # Two threads on two cores shared with other jobs slow MTCNN tenfold (OpenMP spinning); one is robust.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def extractor():
+    return VisualExtractor()
+
+
+def test_feature_layout():
+    assert D_VISUAL == len(VISUAL_FEATURE_NAMES) == 15
+    assert VISUAL_FEATURE_NAMES[:D_EXPRESSION] == tuple(
+        f"expression_{x}" for x in ("angry", "disgust", "fear", "happy", "sad", "surprise", "neutral"))
+    assert VISUAL_FEATURE_NAMES[D_EXPRESSION:] == GEOMETRY_NAMES
+
+
+def test_landmark_geometry_of_a_frontal_face():
+    # Eyes 40 px apart on a level line, nose 30 px below, mouth 60 px below, 40 px wide.
+    landmarks = np.array([[80, 100], [120, 100], [100, 130], [80, 160], [120, 160]], np.float32)
+    face = FaceDetection(t=0.0, box=(60, 70, 140, 190), score=0.99, landmarks=landmarks)
+    geometry = landmark_geometry(face, frame_height=480)
+    expected = [1.0, 1.5, 0.75, 0.5, 0.0, 0.0, 0.5, 0.25]
+    np.testing.assert_allclose(geometry, expected, atol=1e-6)
+    # Turned head: nose off-centre towards the right eye; tilted: eye line rotated clockwise.
+    turned = landmarks.copy()
+    turned[2, 0] = 110
+    assert landmark_geometry(FaceDetection(0.0, face.box, 0.99, turned), 480)[5] == pytest.approx(0.25)
+    tilted = landmarks.copy()
+    tilted[1, 1] = 140
+    assert landmark_geometry(FaceDetection(0.0, face.box, 0.99, tilted), 480)[4] == pytest.approx(np.arctan2(40, 40))
+
+
+def _faceless_video(path, seconds=2.0, fps=10):
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("libx264", rate=fps)
+        stream.width, stream.height, stream.pix_fmt = 320, 240, "yuv420p"
+        y, x = np.mgrid[0:240, 0:320]
+        for i in range(int(seconds * fps)):
+            image = np.stack([(x + 8 * i) % 256, (y * 2) % 256, np.full_like(x, 90)], axis=-1).astype(np.uint8)
+            image[60:120, 40 + 5 * i : 100 + 5 * i] = 255         # a moving white square
+            for packet in stream.encode(av.VideoFrame.from_ndarray(image, format="rgb24")):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    return path
+
+
+def test_video_without_faces_gives_nothing_and_no_error(extractor, tmp_path, monkeypatch):
+    seen = []
+    monkeypatch.setattr(extractor.config, "torch_threads", 2)
+    monkeypatch.setattr(extractor.detector, "detect", lambda *a, _d=extractor.detector.detect: seen.append(
+        torch.get_num_threads()) or _d(*a))
+    result = extractor(_faceless_video(tmp_path / "no_faces.mp4"))
+    assert seen == [2] and torch.get_num_threads() == 1    # threads set for the pass, then restored
+    assert result.frames_analysed == 8
+    assert result.tracks == [] and result.characters == [] and result.features == {}
+    assert len(result.shots) == 1
+    assert result.serialize()["characters"] == []
+
+
+@pytest.mark.slow
+def test_sequences_of_a_talking_head(extractor, media_dir):
+    calls = []
+    result = extractor(media_dir / "retalking_face1.mp4", progress=lambda done, total: calls.append((done, total)))
+    assert len(result.characters) == 1 and len(result.tracks) == 1
+    assert calls and calls[-1][1] == pytest.approx(result.info.duration) and calls[-1][0] <= calls[-1][1]
+    character = result.characters[0].id
+    times, features = result.sequence(character, 1.1, 3.1)
+    assert features.dtype == np.float32 and features.shape == (8, D_VISUAL)     # 4 frames/s over 2 s
+    assert np.all((times >= 1.1) & (times < 3.1)) and np.all(np.diff(times) > 0)
+    np.testing.assert_allclose(features[:, :D_EXPRESSION].sum(axis=1), 1.0, atol=1e-5)
+    assert np.isfinite(features).all()
+    geometry = features[:, D_EXPRESSION:]
+    assert np.all((geometry[:, 0] > 0.5) & (geometry[:, 0] < 1.5))            # mouth width vs eye distance
+    assert np.all(np.abs(geometry[:, 4]) < 0.5)                               # an upright head
+    # Mouth movement while talking: the mouth-opening proxy varies over the clip.
+    _, whole = result.sequence(character, 0.0, result.info.duration)
+    assert whole[:, D_EXPRESSION + 2].std() > 0.01
+    # Absent: a span after the end of the video, or empty.
+    times, features = result.sequence(character, 100.0, 110.0)
+    assert times.shape == (0,) and features.shape == (0, D_VISUAL)
+    with pytest.raises(KeyError):
+        result.sequence("C9", 0.0, 1.0)
