@@ -14,15 +14,6 @@ from extractors.media import iter_frames
 from extractors.tracking import box_iou
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    # Two threads on two cores shared with other jobs slow MTCNN tenfold (OpenMP spinning); one is robust.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def test_nms_keeps_the_best_of_overlapping_boxes():
     boxes = torch.tensor([[0, 0, 10, 10], [1, 1, 11, 11], [20, 20, 30, 30], [0, 0, 10, 9.0]])
     scores = torch.tensor([0.8, 0.9, 0.5, 0.7])

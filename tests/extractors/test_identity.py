@@ -23,21 +23,6 @@ from extractors.identity import (
     read_cast_file,
 )
 from extractors.media import iter_frames
-from extractors.visual_features import VisualExtractor
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    # Two threads on two cores shared with other jobs slow MTCNN tenfold (OpenMP spinning); one is robust.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="module")
-def extractor():
-    return VisualExtractor()
 
 
 @pytest.fixture(scope="module")

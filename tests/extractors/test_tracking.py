@@ -3,23 +3,12 @@
 from __future__ import annotations
 
 import numpy as np
-import pytest
-import torch
 
 from extractors.contracts import FaceDetection
 from extractors.faces import FaceDetector
 from extractors.media import iter_frames
 from extractors.shots import ShotDetector
 from extractors.tracking import FaceTracker, TrackerConfig, box_iou, track_faces
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    # Two threads on two cores shared with other jobs slow MTCNN tenfold (OpenMP spinning); one is robust.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def _det(t, x, y=100.0, size=80.0, score=0.99):

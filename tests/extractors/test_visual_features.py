@@ -13,23 +13,8 @@ from extractors.visual_features import (
     D_VISUAL,
     GEOMETRY_NAMES,
     VISUAL_FEATURE_NAMES,
-    VisualExtractor,
     landmark_geometry,
 )
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    # Two threads on two cores shared with other jobs slow MTCNN tenfold (OpenMP spinning); one is robust.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="module")
-def extractor():
-    return VisualExtractor()
 
 
 def test_feature_layout():
