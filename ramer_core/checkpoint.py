@@ -1,0 +1,105 @@
+"""save_pretrained / from_pretrained: safetensors weights + a JSON config, written atomically.
+
+Loading reads only tensors and JSON: no pickle, no code execution.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import tempfile
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from ramer_core.config import RamerConfig
+from ramer_core.errors import RamerInputError
+
+if TYPE_CHECKING:
+    from ramer_core.model import RamerModel
+
+log = logging.getLogger(__name__)
+
+WEIGHTS_NAME = "model.safetensors"
+CONFIG_NAME = "config.json"
+FORMAT = "ramer-core"
+FORMAT_VERSION = 1
+
+
+def save_pretrained(model: RamerModel, directory: str | os.PathLike, card: dict[str, Any] | None = None) -> Path:
+    """Write ``model.safetensors`` and ``config.json`` (config incl. dimensions, label names and
+    threshold, plus the model card) into ``directory``; each file appears complete or not at all."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    if card is not None:
+        model.card = dict(card)
+    state = {name: tensor.detach().cpu().contiguous() for name, tensor in model.state_dict().items()}
+    document = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "config": model.config.to_dict(),
+        "card": model.card,
+    }
+    try:
+        text = json.dumps(document, indent=2, sort_keys=True)
+    except TypeError as error:
+        raise RamerInputError(f"model card for {directory} is not JSON-serialisable: {error}") from error
+    _atomic_write(directory / WEIGHTS_NAME, lambda path: save_file(state, str(path), metadata={"format": FORMAT}))
+    _atomic_write(directory / CONFIG_NAME, lambda path: Path(path).write_text(text + "\n", encoding="utf-8"))
+    log.info("saved RAMer checkpoint to %s", directory)
+    return directory
+
+
+def from_pretrained(directory: str | os.PathLike, map_location: str | torch.device | None = None) -> RamerModel:
+    """Rebuild a model saved by :func:`save_pretrained` (on CPU unless ``map_location`` says otherwise)."""
+    from ramer_core.model import RamerModel
+
+    directory = Path(directory)
+    config_path, weights_path = directory / CONFIG_NAME, directory / WEIGHTS_NAME
+    for path in (config_path, weights_path):
+        if not path.is_file():
+            raise RamerInputError(f"{path} not found; a RAMer checkpoint folder holds {CONFIG_NAME} and {WEIGHTS_NAME}")
+    try:
+        document = json.loads(config_path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise RamerInputError(f"{config_path} is not valid JSON ({error}); save the checkpoint again") from error
+    if not isinstance(document, dict) or document.get("format") != FORMAT or "config" not in document:
+        raise RamerInputError(f"{config_path} is not a RAMer checkpoint config (missing format '{FORMAT}')")
+    if document.get("format_version") != FORMAT_VERSION:
+        raise RamerInputError(
+            f"{config_path} has format_version {document.get('format_version')}; this code reads {FORMAT_VERSION}"
+        )
+    config = RamerConfig.from_dict(document["config"])
+    model = RamerModel(config)
+    device = torch.device(map_location) if map_location is not None else torch.device("cpu")
+    try:
+        state = load_file(str(weights_path), device=str(device))
+    except (SafetensorError, OSError) as error:
+        raise RamerInputError(f"{weights_path} is not a readable safetensors file ({error})") from error
+    missing, unexpected = set(model.state_dict()) - set(state), set(state) - set(model.state_dict())
+    if missing or unexpected:
+        raise RamerInputError(
+            f"{weights_path} does not match {config_path}: missing {sorted(missing)[:5]}, "
+            f"unexpected {sorted(unexpected)[:5]}"
+        )
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as error:
+        raise RamerInputError(f"{weights_path} has tensors of the wrong shape for {config_path}: {error}") from error
+    model.card = dict(document.get("card") or {})
+    return model.to(device).eval()
+
+
+def _atomic_write(path: Path, write) -> None:
+    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(handle)
+    try:
+        write(temporary)
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise

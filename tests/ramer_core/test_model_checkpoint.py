@@ -1,0 +1,72 @@
+"""save_pretrained / from_pretrained: identical outputs, JSON + safetensors only, clear errors."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from safetensors import safe_open
+from test_model_helpers import party_batch, single_batch, tiny_config
+
+from ramer_core.errors import RamerInputError
+from ramer_core.model import RamerModel
+
+
+def _trained(config):
+    torch.manual_seed(0)
+    model = RamerModel(config)
+    optimizer = torch.optim.AdamW(model.param_groups(), lr=1e-3)
+    for step in range(2):
+        model(single_batch(config, seed=step) if not config.personality_dim else party_batch(config, seed=step)).loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    return model.eval()
+
+
+@pytest.mark.parametrize("personality_dim", [0, 10])
+def test_round_trip_gives_identical_outputs(tmp_path, personality_dim):
+    config = tiny_config(personality_dim=personality_dim, threshold=0.35)
+    model = _trained(config)
+    batch = single_batch(config) if not personality_dim else party_batch(config)
+    card = {"training_data": "unit test", "metrics": {"micro_f1": 0.5}}
+    model.save_pretrained(tmp_path / "ckpt", card=card)
+    loaded = RamerModel.from_pretrained(tmp_path / "ckpt")
+    assert not loaded.training
+    with torch.no_grad():
+        expected, got = model(batch), loaded(batch)
+    assert torch.equal(expected.probs, got.probs)
+    assert all(torch.equal(expected.losses[k], got.losses[k]) for k in expected.losses)
+    assert loaded.card == card and loaded.config == model.config
+    assert torch.equal(loaded.queue, model.queue) and torch.equal(loaded.prototypes, model.prototypes)
+    document = json.loads((tmp_path / "ckpt" / "config.json").read_text())
+    assert document["config"]["label_names"] == ["a", "b", "c", "d"]
+    assert document["config"]["threshold"] == 0.35 and document["config"]["text_dim"] == 12
+    assert sorted(p.name for p in (tmp_path / "ckpt").iterdir()) == ["config.json", "model.safetensors"]
+    with safe_open(str(tmp_path / "ckpt" / "model.safetensors"), framework="pt") as weights:
+        assert set(weights.keys()) == set(model.state_dict())
+
+
+def test_loading_never_unpickles(tmp_path):
+    config = tiny_config()
+    model = _trained(config)
+    model.save_pretrained(tmp_path)
+    # a pickle in place of the weights is refused, not executed
+    torch.save(model.state_dict(), tmp_path / "model.safetensors")
+    with pytest.raises(RamerInputError, match="safetensors"):
+        RamerModel.from_pretrained(tmp_path)
+
+
+def test_bad_checkpoints_raise_clear_errors(tmp_path):
+    with pytest.raises(RamerInputError, match="config.json"):
+        RamerModel.from_pretrained(tmp_path / "missing")
+    config = tiny_config()
+    _trained(config).save_pretrained(tmp_path)
+    document = json.loads((tmp_path / "config.json").read_text())
+    document["config"]["hidden_size"] = 64
+    (tmp_path / "config.json").write_text(json.dumps(document))
+    with pytest.raises(RamerInputError, match="wrong shape"):
+        RamerModel.from_pretrained(tmp_path)
+    (tmp_path / "config.json").write_text("{not json")
+    with pytest.raises(RamerInputError, match="not valid JSON"):
+        RamerModel.from_pretrained(tmp_path)

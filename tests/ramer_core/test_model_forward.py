@@ -1,0 +1,267 @@
+"""Behaviour of the RAMer forward pass: missing modalities, personality, ablations, state."""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import replace
+
+import pytest
+import torch
+from test_model_helpers import party_batch, single_batch, tiny_config
+
+from ramer_core.config import ABLATIONS, RamerConfig
+from ramer_core.errors import RamerInputError
+from ramer_core.model import RamerModel
+
+
+def _model(config, seed=0):
+    torch.manual_seed(seed)
+    return RamerModel(config)
+
+
+def _warm(model, config, steps=2):
+    """A few training steps so prototypes and queue hold something (outputs then depend on them)."""
+    optimizer = torch.optim.AdamW(model.param_groups(), lr=1e-3)
+    model.train()
+    for step in range(steps):
+        model(single_batch(config, seed=100 + step)).loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    return model.eval()
+
+
+def test_output_is_the_mean_of_aggregator_and_classifier_scores():
+    config = tiny_config()
+    model = _warm(_model(config), config)
+    out = model(single_batch(config, labels=False))
+    assert out.probs.shape == (6, 4) and out.loss is None and out.losses == {}
+    assert torch.all((out.probs > 0) & (out.probs < 1))
+    assert torch.allclose(torch.sigmoid(out.logits), out.probs, atol=1e-6)
+    assert torch.equal(out.modalities_used, torch.ones(6, 3, dtype=torch.bool))
+
+
+@pytest.mark.parametrize("variant", ["ramer", "late_fusion"])
+def test_missing_modality_input_cannot_change_the_output(variant):
+    config = tiny_config() if variant == "ramer" else RamerConfig.late_fusion_baseline(**tiny_config().to_dict() | {
+        name: False for name in ABLATIONS.values()})
+    model = _warm(_model(config), config)
+    present = torch.ones(6, 3, dtype=torch.bool)
+    present[1, 2] = False          # no acoustic
+    present[2, 0] = False          # no text
+    present[3, [0, 2]] = False     # a listener: visual only
+    batch = single_batch(config, present=present)
+    other = copy.deepcopy(batch)
+    other.acoustic[1] = 1e3 * torch.randn_like(other.acoustic[1])
+    other.text[2] = -7.0
+    other.text[3] = torch.randn_like(other.text[3])
+    other.acoustic[3] = torch.randn_like(other.acoustic[3])
+    with torch.no_grad():
+        reference, changed = model(batch), model(other)
+    assert torch.equal(reference.probs, changed.probs)
+    for name in reference.losses:
+        assert torch.equal(reference.losses[name], changed.losses[name]), name
+    # ...while a present modality's input does change it (the check above is not vacuous)
+    other.visual[3] = torch.randn_like(other.visual[3])  # (a constant shift would vanish in LayerNorm)
+    with torch.no_grad():
+        assert not torch.allclose(model(other).probs[3], reference.probs[3])
+    assert torch.equal(reference.modalities_used, present)
+
+
+def test_absent_flag_and_empty_mask_both_mean_missing_in_training_too():
+    config = tiny_config(dropout=0.0)
+    model = _warm(_model(config), config)
+    model.train()
+    batch = single_batch(config)
+    batch.acoustic_mask[4] = False  # present flag True but no valid step: treated as missing
+    other = copy.deepcopy(batch)
+    other.acoustic[4] = 50.0
+    first, second = copy.deepcopy(model), copy.deepcopy(model)
+    torch.manual_seed(3)
+    a = first(batch)
+    torch.manual_seed(3)
+    b = second(other)
+    assert torch.equal(a.probs, b.probs) and torch.equal(a.loss, b.loss)
+    assert not a.modalities_used[4, 2]
+
+
+def test_personality_branch_with_several_characters_and_masked_absence():
+    config = tiny_config(personality_dim=10)
+    model = _model(config)
+    batch = party_batch(config)
+    out = model(batch)
+    assert out.probs.shape == (3, 4) and torch.isfinite(out.loss)
+    assert "personality" in out.losses
+    out.loss.backward()
+    assert model.personality.embed[1].weight.grad.abs().sum() > 0
+    assert model.personality.inter[0].query.weight.grad.abs().sum() > 0
+    model.eval()
+    with torch.no_grad():
+        reference = model(batch).probs
+        # sample 0: character 1's personality is marked absent -> its values are never used
+        hidden = copy.deepcopy(batch)
+        hidden.personality[0, 1] = 100.0
+        assert torch.equal(model(hidden).probs, reference)
+        # a known personality of another character in the moment does matter (inter-personal attention)
+        known = copy.deepcopy(batch)
+        known.personality[0, 2] = torch.randn_like(known.personality[0, 2])
+        assert not torch.allclose(model(known).probs[0], reference[0])
+        # so does another character's visual input, and another segment of the target character
+        seen = copy.deepcopy(batch)
+        seen.visual[0, 1, 1] = torch.randn_like(seen.visual[0, 1, 1])
+        assert not torch.allclose(model(seen).probs[0], reference[0])
+        segment = copy.deepcopy(batch)
+        segment.visual[0, 0, 0] = torch.randn_like(segment.visual[0, 0, 0])  # target is (person 0, segment 1)
+        assert not torch.allclose(model(segment).probs[0], reference[0])
+        # without any personality the branch still runs (attention over characters/segments only)
+        none = replace(batch, personality=None, personality_present=None)
+        assert torch.isfinite(model(none).probs).all()
+
+
+def test_without_personality_branch_other_characters_do_not_matter():
+    config = tiny_config(personality_dim=10, use_personality=False)
+    model = _model(config).eval()
+    batch = party_batch(config)
+    with torch.no_grad():
+        reference = model(batch).probs
+        other = copy.deepcopy(batch)
+        other.visual[0, 1] = torch.randn_like(other.visual[0, 1])
+        other.personality += 1.0
+        assert torch.equal(model(other).probs, reference)
+
+
+REMOVED_TERMS = {
+    "no_reconstruction": {"recon_mse"},
+    "no_cross_modal": {"clf_aug", "aug_mse"},
+    "no_adversarial": {"adversarial", "orthogonality", "common_clf"},
+    "no_contrastive": {"supcon"},
+    "no_personality": {"personality"},
+    "no_stack_shuffle": {"shuffle"},
+}
+
+
+def test_each_ablation_switch_removes_its_loss_terms():
+    base = tiny_config(personality_dim=10)
+    full = _model(base)(party_batch(base))
+    all_terms = set(full.losses)
+    assert all_terms == {"clf_u", "clf_beta", "aggregator", "clf_aug", "aug_mse", "recon_mse", "shuffle",
+                         "adversarial", "orthogonality", "common_clf", "personality", "supcon"}
+    assert set(REMOVED_TERMS) == set(ABLATIONS)
+    for name, removed in REMOVED_TERMS.items():
+        out = _model(base.ablation(name))(party_batch(base))
+        assert set(out.losses) == all_terms - removed, name
+        assert torch.allclose(out.loss, sum(out.losses.values()))
+    baseline = _model(RamerConfig.late_fusion_baseline(**{k: v for k, v in base.to_dict().items()
+                                                          if k not in ABLATIONS.values()}))
+    assert set(baseline(party_batch(base)).losses) == {"clf_u", "clf_beta", "aggregator"}
+    assert baseline.autoencoders is None and baseline.personality is None
+    assert not hasattr(baseline, "discriminator") and baseline.queue.numel() == 0
+
+
+def test_zero_weight_drops_a_term_and_weights_scale_it():
+    config = tiny_config(dropout=0.0)
+    batch = single_batch(config)
+    torch.manual_seed(0)
+    one = _model(config).eval()(batch)
+    doubled = _model(replace(config, weight_recon_mse=2.0)).eval()(batch)
+    assert torch.allclose(doubled.losses["recon_mse"], 2 * one.losses["recon_mse"])
+    assert "beta_mse" not in one.losses  # public-code weight 0
+    assert "recon_mse" not in _model(replace(config, weight_recon_mse=0.0))(batch).losses
+
+
+def test_queue_and_prototypes_change_only_in_training():
+    config = tiny_config(queue_size=300)
+    model = _model(config)
+    batch = single_batch(config)
+    model.eval()
+    model(batch)
+    assert int(model.queue_count) == 0 and model.prototypes.abs().sum() == 0
+    model.train()
+    model(batch)
+    # 9 views ({U, aug, beta} x 3 modalities) x 6 samples x 4 labels enter the queue
+    assert int(model.queue_count) == int(model.queue_ptr) == 216
+    assert set(model.queue_ids[:216].tolist()) == set(range(2 * 3 * 4))  # (modality, label, on/off) ids
+    assert torch.allclose(model.queue[:216].norm(dim=1), torch.ones(216))
+    model(batch)
+    assert int(model.queue_count) == 300 and int(model.queue_ptr) == (2 * 216) % 300
+    assert model.prototypes.abs().sum() > 0
+    model.reset_state()
+    assert int(model.queue_count) == 0 and model.prototypes.abs().sum() == 0
+
+
+def test_prototype_ema_equals_sequential_updates():
+    config = tiny_config()
+    model = _model(config)
+    g = torch.Generator().manual_seed(0)
+    latents = torch.randn(5, 3, 4, config.latent_size, generator=g)
+    present = torch.rand(5, 3, generator=g) > 0.3
+    labels = (torch.rand(5, 4, generator=g) > 0.5).float()
+    start = torch.randn(3, 4, 2, config.latent_size, generator=g)
+    model.prototypes.copy_(start)
+    model._update_prototypes(latents, present, labels)
+    expected = start.clone()
+    normalized = torch.nn.functional.normalize(latents, dim=-1)
+    for b in range(5):  # the public code's loop, one sample at a time (only present modalities)
+        for m in range(3):
+            if not present[b, m]:
+                continue
+            for c in range(4):
+                slot = 0 if labels[b, c] == 1 else 1
+                expected[m, c, slot] = 0.99 * expected[m, c, slot] + 0.01 * normalized[b, m, c]
+    assert torch.allclose(model.prototypes, expected, atol=1e-6)
+
+
+def test_stack_shuffle_in_the_model_is_seeded():
+    config = tiny_config(dropout=0.0)
+    batch = single_batch(config)
+
+    def shuffle_loss(seed, step):
+        model = _model(config)
+        model.reseed(seed)
+        model.shuffle_step = step
+        return model.eval()(batch).losses["shuffle"]
+
+    assert torch.equal(shuffle_loss(1, 0), shuffle_loss(1, 0))
+    assert not torch.equal(shuffle_loss(1, 0), shuffle_loss(2, 0))
+    assert not torch.equal(shuffle_loss(1, 0), shuffle_loss(1, 1))
+
+
+def test_bad_inputs_raise_clear_errors():
+    config = tiny_config()
+    model = _model(config)
+    wrong = single_batch(tiny_config(text_dim=13))
+    with pytest.raises(RamerInputError, match="text_dim"):
+        model(wrong)
+    labels = single_batch(config)
+    labels.labels = labels.labels[:, :3]
+    with pytest.raises(RamerInputError, match="labels"):
+        model(labels)
+    with pytest.raises(RamerInputError, match="label_names"):
+        RamerConfig(num_labels=3)
+    with pytest.raises(RamerInputError, match="ablation"):
+        config.ablation("no_such_part")
+
+
+def test_runs_under_mixed_precision_autocast():
+    config = tiny_config(personality_dim=10)
+    model = _model(config)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = model(party_batch(config))
+    assert torch.isfinite(out.loss) and out.probs.dtype in (torch.float32, torch.bfloat16)
+    out.loss.backward()
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
+
+
+@pytest.mark.parametrize("batch_size", [1, 5])
+def test_edge_batches_train_without_nan(batch_size):
+    """A modality absent from the whole batch, a sample with nothing present, a batch of one."""
+    config = tiny_config()
+    model = _model(config)
+    present = torch.ones(batch_size, 3, dtype=torch.bool)
+    present[:, 2] = False          # no acoustic anywhere
+    present[0] = False             # first sample: nothing at all
+    out = model(single_batch(config, b=batch_size, present=present))
+    assert torch.isfinite(out.loss) and torch.isfinite(out.probs).all()
+    out.loss.backward()
+    grads = [p.grad for p in model.parameters() if p.grad is not None]
+    assert grads and all(torch.isfinite(g).all() for g in grads)
+    assert model.encoders[2].input_proj.weight.grad is None  # the absent modality's encoder never ran
