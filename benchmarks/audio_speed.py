@@ -27,6 +27,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from machine import cpu_model  # noqa: E402  (benchmarks/machine.py, beside this script)
+
 from extractors.acoustic_features import AcousticFeatureExtractor  # noqa: E402
 from extractors.asr import AsrConfig, SpeechRecognizer  # noqa: E402
 from extractors.audio import SAMPLE_RATE, load_audio  # noqa: E402
@@ -38,14 +40,7 @@ TARGET_RTF = 0.25
 
 
 def machine() -> str:
-    cpu = platform.processor() or "unknown CPU"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    cpu = cpu_model()
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU used"
     return (f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__} ({torch.get_num_threads()} threads), "
             f"{gpu}, Python {platform.python_version()}")

@@ -33,6 +33,7 @@ from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
+from machine import cpu_model  # noqa: E402  (benchmarks/machine.py, beside this script)
 
 REFERENCE = {"train_step_s": 6.7, "inference_batch_s": 0.29, "peak_gib": 9.0, "supcon_forward_s": 4.9}
 
@@ -329,14 +330,7 @@ def run_job(job: dict) -> dict:
 def machine_line(device: str) -> str:
     import torch
 
-    cpu = platform.processor() or "cpu"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    cpu = cpu_model()
     text = f"{cpu}, {os.cpu_count()} cores visible, torch {torch.__version__}, Python {platform.python_version()}"
     if device == "cuda":
         text += f", GPU {torch.cuda.get_device_name(0)}"

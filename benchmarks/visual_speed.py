@@ -23,20 +23,14 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from machine import cpu_model  # noqa: E402  (benchmarks/machine.py, beside this script)
+
 from extractors.media import DEFAULT_ANALYSIS_FPS, iter_frames  # noqa: E402
 from extractors.visual_features import STAGES, VisualConfig, VisualExtractor  # noqa: E402
 
 CLIPS = (("720p", "visualvoice_interview.mp4"), ("1080p", "facenet_pytorch_video.mp4"))
 
 
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
 
 
 def full_rate_decode_fps(path: Path) -> float:
