@@ -1,0 +1,83 @@
+"""``python -m pipeline evaluate --checkpoint DIR --dataset KIND PATH``: score a checkpoint on a split.
+
+Prints a markdown table of the metrics (Jaccard accuracy, micro/macro/weighted F1, micro
+precision and recall, Hamming loss) overall, on the samples missing acoustic and text, and on the
+others, at the checkpoint's threshold (or ``--threshold``). ``--json FILE`` also writes them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+from pipeline.commands.train import add_dataset_argument, parse_dataset
+from pipeline.errors import UserError
+
+log = logging.getLogger(__name__)
+
+COLUMNS = ("accuracy", "micro_f1", "macro_f1", "weighted_f1", "micro_precision", "micro_recall", "hamming_loss")
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser("evaluate", help="score a trained checkpoint on a benchmark split",
+                                   description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--checkpoint", type=Path, required=True, help="folder written by `train`")
+    add_dataset_argument(parser)
+    parser.add_argument("--split", choices=("train", "valid", "test"), default="test")
+    parser.add_argument("--threshold", type=float, default=None, help="override the checkpoint's threshold")
+    parser.add_argument("--seed", type=int, default=42, help="seed of a synthetic dataset / random splits")
+    parser.add_argument("--device", default=None, help="cpu, cuda (default: CUDA when available)")
+    parser.add_argument("--json", type=Path, default=None, help="also write the metrics to this JSON file")
+    parser.set_defaults(func=run)
+
+
+def markdown_table(report: dict) -> str:
+    header = "| subset | samples | " + " | ".join(COLUMNS) + " |"
+    lines = [header, "|" + "---|" * (len(COLUMNS) + 2)]
+    for subset in ("overall", "missing_acoustic_text", "with_acoustic_text"):
+        metrics = report[subset]
+        cells = " | ".join(f"{metrics[c]:.4f}" for c in COLUMNS)
+        lines.append(f"| {subset} | {metrics['samples']} | {cells} |")
+    return "\n".join(lines)
+
+
+def _write_json_atomically(path: Path, data: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(handle, "w") as f:
+            json.dump(data, f, indent=2, allow_nan=True)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def run(args: argparse.Namespace) -> int:
+    from ramer_core.model import RamerModel
+    from ramer_core.training import evaluate, pick_device
+
+    if not args.checkpoint.is_dir():
+        raise UserError(f"checkpoint folder not found: {args.checkpoint}")
+    device = pick_device(args.device)
+    model = RamerModel.from_pretrained(args.checkpoint, map_location=device).to(device)
+    splits = parse_dataset(args.dataset, args.seed)
+    dataset = splits.split(args.split)
+    if len(dataset) == 0:
+        raise UserError(f"the {args.split} split of {dataset.source} is empty")
+    if tuple(dataset.label_names) != tuple(model.config.label_names):
+        raise UserError(f"{dataset.source}: labels {list(dataset.label_names)} differ from the checkpoint's "
+                        f"{list(model.config.label_names)}")
+    report = evaluate(model, dataset, threshold=args.threshold, device=device)
+    sys.stdout.write(f"{args.checkpoint} on {dataset.name} ({len(dataset)} samples), "
+                     f"threshold {report['threshold']}\n\n{markdown_table(report)}\n")
+    if args.json:
+        _write_json_atomically(args.json, {"checkpoint": str(args.checkpoint), "dataset": dataset.name,
+                                           "source": dataset.source, **report})
+        log.info("wrote %s", args.json)
+    return 0
