@@ -30,6 +30,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from machine import cpu_model  # noqa: E402  (benchmarks/machine.py, beside this script)
+
 from ramer_core.config import RamerConfig  # noqa: E402
 from ramer_core.datasets import SyntheticConfig, make_synthetic  # noqa: E402
 from ramer_core.model import RamerModel  # noqa: E402
@@ -41,14 +43,6 @@ MODEL_SIZE = dict(hidden_size=64, text_layers=1, visual_layers=1, acoustic_layer
                   latent_size=32, queue_size=2048, dropout=0.1)
 
 
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def variants(base: RamerConfig) -> list[tuple[str, RamerConfig]]:
@@ -118,7 +112,7 @@ def main(argv: list[str] | None = None) -> int:
 
     ramer = results["RAMer"]
     print("# RAMer on the synthetic multi-label benchmark\n")
-    print(f"Machine: {cpu_name()}, {args.threads} threads of {os.cpu_count()} cores, torch {torch.__version__}, Python {platform.python_version()}; shared with other jobs, so the "
+    print(f"Machine: {cpu_model()}, {args.threads} threads of {os.cpu_count()} cores, torch {torch.__version__}, Python {platform.python_version()}; shared with other jobs, so the "
           f"times are noisy.  ")
     print(f"Data: `SyntheticConfig` {synthetic.train_samples} train / {synthetic.valid_samples} valid / "
           f"{synthetic.test_samples} test samples, {synthetic.num_labels} labels readable in "
