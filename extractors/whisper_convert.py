@@ -135,33 +135,34 @@ def ct2_to_openai_state(variables: dict[str, np.ndarray]) -> tuple[dict, dict[st
     for conv in ("conv1", "conv2"):
         linear(f"encoder.{conv}", f"encoder/{conv}")
     put("encoder.positional_embedding", variables["encoder/position_encodings/encodings"])
-    for i in range(n_audio_layer):
-        src, dst = f"encoder/layer_{i}", f"encoder.blocks.{i}"
+    def self_attention(dst: str, src: str) -> None:
         layer_norm(f"{dst}.attn_ln", f"{src}/self_attention/layer_norm")
         split([f"{dst}.attn.query", f"{dst}.attn.key", f"{dst}.attn.value"],
               f"{src}/self_attention/linear_0", [True, False, True])
         linear(f"{dst}.attn.out", f"{src}/self_attention/linear_1")
+
+    def feed_forward(dst: str, src: str) -> None:
         layer_norm(f"{dst}.mlp_ln", f"{src}/ffn/layer_norm")
         linear(f"{dst}.mlp.0", f"{src}/ffn/linear_0")
         linear(f"{dst}.mlp.2", f"{src}/ffn/linear_1")
+
+    for i in range(n_audio_layer):
+        src, dst = f"encoder/layer_{i}", f"encoder.blocks.{i}"
+        self_attention(dst, src)
+        feed_forward(dst, src)
     layer_norm("encoder.ln_post", "encoder/layer_norm")
 
     put("decoder.token_embedding.weight", _weights(variables, "decoder/embeddings/weight"))
     put("decoder.positional_embedding", variables["decoder/position_encodings/encodings"])
     for i in range(n_text_layer):
         src, dst = f"decoder/layer_{i}", f"decoder.blocks.{i}"
-        layer_norm(f"{dst}.attn_ln", f"{src}/self_attention/layer_norm")
-        split([f"{dst}.attn.query", f"{dst}.attn.key", f"{dst}.attn.value"],
-              f"{src}/self_attention/linear_0", [True, False, True])
-        linear(f"{dst}.attn.out", f"{src}/self_attention/linear_1")
+        self_attention(dst, src)
         layer_norm(f"{dst}.cross_attn_ln", f"{src}/attention/layer_norm")
         linear(f"{dst}.cross_attn.query", f"{src}/attention/linear_0")
         split([f"{dst}.cross_attn.key", f"{dst}.cross_attn.value"],
               f"{src}/attention/linear_1", [False, True])
         linear(f"{dst}.cross_attn.out", f"{src}/attention/linear_2")
-        layer_norm(f"{dst}.mlp_ln", f"{src}/ffn/layer_norm")
-        linear(f"{dst}.mlp.0", f"{src}/ffn/linear_0")
-        linear(f"{dst}.mlp.2", f"{src}/ffn/linear_1")
+        feed_forward(dst, src)
     layer_norm("decoder.ln", "decoder/layer_norm")
     return dims, state
 
