@@ -131,8 +131,9 @@ def supervised_contrastive_loss(
 
     For anchor i with positives P(i) (same class id, j != i) among the N - 1 other anchors and the Q
     queue entries: ``l_i = log sum_{j != i} exp(s_ij) - mean_{p in P(i)} s_ip`` with ``s = a.k / T``.
-    Anchors without a positive contribute 0; the loss is the mean over all N anchors (as in the
-    public code).
+    Anchors without a positive contribute 0; the loss is the mean over the N batch anchors. (The public
+    code also makes every queue row an anchor and averages over N + Q; scaling ours by N / (N + Q)
+    changed synthetic-benchmark micro-F1 by under 0.003, so we keep the per-anchor mean.)
     """
     n = anchors.shape[0]
     if n == 0:
