@@ -29,6 +29,7 @@ from threadpoolctl import threadpool_limits
 
 from extractors.audio import SAMPLE_RATE
 from extractors.contracts import SpeakerTurn, SpeechSegment, Word
+from extractors.errors import ModelNotFoundError
 from extractors.model_store import resolve_model
 from extractors.vad import SpeechRegion, VoiceActivityDetector, torch_threads
 
@@ -60,8 +61,15 @@ class SpeakerDiarizer:
         self.config = config or DiarizationConfig()
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         weights = resolve_model("resemblyzer", model_path)
-        # VoiceEncoder loads its state dict with torch.load(map_location="cpu"), which is
-        # weights_only by default in torch >= 2.6: no pickled code runs.
+        # VoiceEncoder loads the file itself and relies on torch's default (weights-only since 2.6);
+        # loading it weights-only here first makes sure no pickled code can run there either.
+        try:
+            torch.load(weights, map_location="cpu", weights_only=True)
+        except Exception as error:  # any failure means the file is not plain tensors
+            raise ModelNotFoundError(
+                f"{weights}: not a plain-tensor resemblyzer checkpoint ({type(error).__name__}); "
+                "reinstall it with ./setup.sh or give the packaged resemblyzer/pretrained.pt"
+            ) from None
         self.encoder = VoiceEncoder(device=self.device, verbose=False, weights_fpath=Path(weights))
         self._vad = vad
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 from pyannote.core import Annotation, Segment
 from pyannote.metrics.diarization import DiarizationErrorRate
 
@@ -89,3 +90,17 @@ def test_transcript_split_by_speaker_matches_stm_speakers(diarizer, call, data_d
     agreement = np.mean([mapping[t] == n for t, n in pairs])
     assert agreement >= 0.85, agreement
     assert [s.id for s in segments] == [f"S{i}" for i in range(len(segments))]
+
+
+class _NotATensor:
+    """Anything a weights-only load refuses: a pickled instance of a custom class."""
+
+
+def test_speaker_encoder_refuses_a_checkpoint_with_pickled_objects(tmp_path):
+    from extractors.diarization import SpeakerDiarizer
+    from extractors.errors import ModelNotFoundError
+
+    unsafe = tmp_path / "encoder.pt"
+    torch.save({"model_state": {}, "extra": _NotATensor()}, unsafe)
+    with pytest.raises(ModelNotFoundError, match="not a plain-tensor"):
+        SpeakerDiarizer(model_path=unsafe)
