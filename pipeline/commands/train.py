@@ -14,6 +14,7 @@ import logging
 from pathlib import Path
 
 from pipeline.errors import UserError
+from pipeline.progress import progress_bar
 
 log = logging.getLogger(__name__)
 
@@ -104,12 +105,13 @@ def run(args: argparse.Namespace) -> int:
                               patience=args.patience, device=args.device)
     model = RamerModel(build_config(args, splits))
 
-    def progress(event: dict) -> None:
-        if event["stage"] == "epoch":
-            log.info("epoch %d/%d  train loss %.4f  valid micro-F1 %.4f", event["epoch"], event["total_epochs"],
-                     event["train_loss"], event["valid_micro_f1"])
+    with progress_bar("training", quiet=args.quiet) as advance:
 
-    result = train(model, splits.train, splits.valid, training, progress=progress)
+        def progress(event: dict) -> None:  # ramer_core.training logs each epoch itself
+            if event["stage"] == "step":
+                advance(event["step"], event["total_steps"])
+
+        result = train(model, splits.train, splits.valid, training, progress=progress)
     test_report = None
     if len(splits.test) and splits.test.labelled:
         test_report = evaluate(model, splits.test)
