@@ -29,6 +29,7 @@ import torch
 from extractors.audio import SAMPLE_RATE
 from extractors.contracts import SpeechSegment, Word
 from extractors.errors import ExtractorError, ModelNotFoundError
+from extractors.io import torch_threads
 from extractors.model_store import huggingface_snapshot, model_specs, project_cache_dir, resolve_model
 from extractors.vad import SpeechRegion, VadConfig, VoiceActivityDetector
 
@@ -290,21 +291,21 @@ class _OpenAIWhisperBackend:
         self.model = load_openai_whisper(path, device=device)
         self.multilingual = self.model.is_multilingual
         self.device = device
-        if device == "cpu" and config.cpu_threads:
-            torch.set_num_threads(config.cpu_threads)
         log.info("openai-whisper %s (%s) from %s", config.model, device, path)
 
     def transcribe(self, audio: np.ndarray, progress) -> tuple[list[_RawSegment], str]:
         language = self.config.language if self.multilingual else "en"
-        result = self.model.transcribe(
-            torch.from_numpy(audio),
-            language=language,
-            beam_size=self.config.beam_size if self.config.beam_size > 1 else None,
-            word_timestamps=self.config.word_timestamps,
-            condition_on_previous_text=self.config.condition_on_previous_text,
-            fp16=self.device == "cuda",
-            verbose=None,
-        )
+        threads = self.config.cpu_threads if self.device == "cpu" and self.config.cpu_threads else None
+        with torch_threads(threads):  # the setting is the caller's again afterwards
+            result = self.model.transcribe(
+                torch.from_numpy(audio),
+                language=language,
+                beam_size=self.config.beam_size if self.config.beam_size > 1 else None,
+                word_timestamps=self.config.word_timestamps,
+                condition_on_previous_text=self.config.condition_on_previous_text,
+                fp16=self.device == "cuda",
+                verbose=None,
+            )
         raw: list[_RawSegment] = []
         for segment in result["segments"]:
             words = [(w["word"].strip(), float(w["start"]), float(w["end"]), float(w["probability"]))

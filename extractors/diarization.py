@@ -30,8 +30,9 @@ from threadpoolctl import threadpool_limits
 from extractors.audio import SAMPLE_RATE
 from extractors.contracts import SpeakerTurn, SpeechSegment, Word
 from extractors.errors import ModelNotFoundError
+from extractors.io import torch_threads, write_atomically
 from extractors.model_store import resolve_model
-from extractors.vad import SpeechRegion, VoiceActivityDetector, torch_threads
+from extractors.vad import SpeechRegion, VoiceActivityDetector
 
 log = logging.getLogger(__name__)
 
@@ -328,10 +329,8 @@ def to_rttm(turns: list[SpeakerTurn], uri: str) -> str:
 def write_rttm(turns: list[SpeakerTurn], path: str | os.PathLike, uri: str | None = None) -> Path:
     """Writes the turns as RTTM atomically (temp file + rename)."""
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(to_rttm(turns, uri or path.stem))
-    os.replace(tmp, path)
-    return path
+    text = to_rttm(turns, uri or path.stem)
+    return write_atomically(path, lambda temporary: temporary.write_text(text))
 
 
 def read_rttm(path: str | os.PathLike) -> list[SpeakerTurn]:

@@ -10,14 +10,14 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
 from extractors.audio import SAMPLE_RATE
+from extractors.io import torch_threads
 from extractors.model_store import resolve_model
 
 log = logging.getLogger(__name__)
@@ -43,22 +43,6 @@ class VadConfig:
     min_silence_s: float = 0.1         # a region ends only after this much silence
     speech_pad_s: float = 0.03         # padding each side, so word onsets are not clipped
     max_speech_s: float = float("inf")  # longer regions are split at the longest pause
-
-
-@contextmanager
-def torch_threads(count: int) -> Iterator[None]:
-    """Runs the block with `count` intra-op threads, then restores the process's setting.
-
-    Small recurrent models (silero, the GE2E LSTM) step through time with tiny matrix products:
-    one thread avoids the synchronisation cost, which on a busy 2-core machine made a 3-layer
-    LSTM over 86 windows take 4.3 s with two threads against 0.19 s with one.
-    """
-    previous = torch.get_num_threads()
-    torch.set_num_threads(count)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(previous)
 
 
 def _import_silero():

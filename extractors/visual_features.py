@@ -22,12 +22,12 @@ from dataclasses import dataclass, field
 
 import cv2
 import numpy as np
-import torch
 
 from extractors.contracts import Character, FaceDetection, FaceTrack, VideoInfo
 from extractors.expression import EXPRESSION_LABELS, ExpressionClassifier, fer_face_crop
 from extractors.faces import FaceDetector, FaceDetectorConfig
 from extractors.identity import TrackChips, build_characters, load_cast, load_face_embedder
+from extractors.io import torch_threads
 from extractors.media import DEFAULT_ANALYSIS_FPS, iter_frames, probe
 from extractors.shots import Shot, ShotDetector, ShotDetectorConfig
 from extractors.tracking import FaceTracker, TrackerConfig
@@ -151,14 +151,8 @@ class VisualExtractor:
         progress: Callable[[float, float], None] | None = None,
     ) -> VisualResult:
         """Runs every visual stage on ``path``; ``progress(seconds_done, duration)`` is called per batch."""
-        if self.config.torch_threads is None:
+        with torch_threads(self.config.torch_threads):
             return self._run(path, cast_file, progress)
-        threads = torch.get_num_threads()
-        torch.set_num_threads(self.config.torch_threads)
-        try:
-            return self._run(path, cast_file, progress)
-        finally:
-            torch.set_num_threads(threads)
 
     def _run(self, path, cast_file, progress) -> VisualResult:
         cfg = self.config

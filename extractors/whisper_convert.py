@@ -21,13 +21,13 @@ import logging
 import os
 import re
 import struct
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from extractors.errors import ModelNotFoundError
+from extractors.io import write_atomically
 
 log = logging.getLogger(__name__)
 
@@ -187,15 +187,7 @@ def convert_ct2_to_openai_whisper(ct2_dir: str | os.PathLike, output: str | os.P
                  for head in range(dims["n_text_head"])]
         log.warning("%s has no alignment heads; word timestamps will be coarser", config_path)
     checkpoint = {"dims": dims, "model_state_dict": state, "alignment_heads": heads}
-    output.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{output.name}.", dir=output.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(checkpoint, f)
-        os.replace(tmp, output)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_atomically(output, lambda temporary: torch.save(checkpoint, temporary))
     log.info("wrote openai-whisper checkpoint %s (%d tensors, dims %s)", output, len(state), dims)
     return output
 

@@ -10,11 +10,10 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import sys
-import tempfile
 from pathlib import Path
 
+from extractors.io import write_atomically
 from pipeline.commands.train import add_dataset_argument, parse_dataset
 from pipeline.errors import UserError
 
@@ -47,15 +46,8 @@ def markdown_table(report: dict) -> str:
 
 
 def _write_json_atomically(path: Path, data: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(handle, "w") as f:
-            json.dump(data, f, indent=2, allow_nan=True)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    text = json.dumps(data, indent=2, allow_nan=True)
+    write_atomically(path, lambda temporary: temporary.write_text(text))
 
 
 def run(args: argparse.Namespace) -> int:
