@@ -6,8 +6,8 @@ import json
 
 import pytest
 import torch
+from model_builders import party_batch, single_batch, tiny_config
 from safetensors import safe_open
-from test_model_helpers import party_batch, single_batch, tiny_config
 
 from ramer_core.errors import RamerInputError
 from ramer_core.model import RamerModel

@@ -7,7 +7,7 @@ from dataclasses import replace
 
 import pytest
 import torch
-from test_model_helpers import party_batch, single_batch, tiny_config
+from model_builders import party_batch, single_batch, tiny_config
 
 from ramer_core.config import ABLATIONS, RamerConfig
 from ramer_core.errors import RamerInputError

@@ -1,4 +1,4 @@
-"""Small configurations and batches shared by the model tests (tiny dims keep them fast); no tests here."""
+"""Small configurations and batches shared by the model tests (tiny dims keep them fast); not a test module."""
 
 from __future__ import annotations
 
