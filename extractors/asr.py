@@ -84,13 +84,19 @@ class _GatedTimeline:
         self.audio = np.concatenate(pieces) if pieces else np.zeros(0, np.float32)
 
     def to_source(self, t: float) -> float:
-        """Source time of gated time `t`; times in a gap snap to the nearest span edge."""
-        best = self.spans[0]
-        for span in self.spans:
+        """Source time of gated time `t`; a time in an inserted gap snaps to the nearer span edge
+        (the end of the span before it or the start of the span after it)."""
+        index = 0
+        for i, span in enumerate(self.spans):
             if span.gated_start <= t:
-                best = span
+                index = i
             else:
                 break
+        best = self.spans[index]
+        end = best.gated_start + best.duration
+        following = self.spans[index + 1] if index + 1 < len(self.spans) else None
+        if following is not None and t > end and t - end > following.gated_start - t:
+            return following.source_start
         offset = min(max(t - best.gated_start, 0.0), best.duration)
         return best.source_start + offset
 

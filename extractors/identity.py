@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import pickle
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
@@ -88,10 +89,14 @@ class FacenetFaceEmbedder:
         import_facenet()  # facenet_pytorch's package import needs torchvision or the temporary stand-in
         from facenet_pytorch.models.inception_resnet_v1 import InceptionResnetV1
 
-        state = torch.load(path, map_location="cpu", weights_only=True)
-        num_classes = state["logits.weight"].shape[0] if "logits.weight" in state else None
-        self.model = InceptionResnetV1(pretrained=None, classify=False, num_classes=num_classes)
-        self.model.load_state_dict(state)
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+            num_classes = state["logits.weight"].shape[0] if "logits.weight" in state else None
+            self.model = InceptionResnetV1(pretrained=None, classify=False, num_classes=num_classes)
+            self.model.load_state_dict(state)
+        except (RuntimeError, KeyError, TypeError, AttributeError, OSError, pickle.UnpicklingError) as error:
+            # ModelNotFoundError lets load_face_embedder("auto") fall back to the dlib descriptor
+            raise ModelNotFoundError(f"{path} is not a usable facenet VGGFace2 state dict ({error})") from None
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         self.model = self.model.to(self.device).eval()
         self.image_size, self.margin = image_size, margin

@@ -170,7 +170,7 @@ def iter_frames(
     except av.error.FFmpegError as error:
         if yielded == 0:
             raise MediaError(f"{path}: cannot decode video ({error}); the file is truncated or corrupt") from None
-        log.warning("%s: decoding stopped at %.2f s (%s); the file looks truncated", path, next_tick, error)
+        log.warning("%s: decoding stopped after %.2f s (%s); the file looks truncated", path, last_t or 0.0, error)
     finally:
         container.close()
     if yielded == 0 and index < 0:

@@ -41,7 +41,6 @@ class TextEncoder:
 
     def __init__(self, config: TextConfig | None = None, model_path: str | os.PathLike | None = None,
                  device: str | None = None):
-        os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never reach for the hub, whatever the path says
         from transformers import AutoModel, AutoTokenizer
         from transformers.utils import logging as hf_logging
 

@@ -75,7 +75,7 @@ class VoiceActivityDetector:
     ) -> list[SpeechRegion]:
         """Speech regions (seconds, sorted, non-overlapping) of `audio` sampled at 16 kHz.
 
-        `progress` receives the fraction done (0..100, silero's convention is percent).
+        `progress` receives the fraction done, 0..1, like the other stages (silero reports percent).
         """
         audio = np.asarray(audio, dtype=np.float32).reshape(-1)
         if len(audio) < 512:  # shorter than one model frame: nothing to judge
@@ -92,7 +92,7 @@ class VoiceActivityDetector:
                 min_silence_duration_ms=int(cfg.min_silence_s * 1000),
                 speech_pad_ms=int(cfg.speech_pad_s * 1000),
                 max_speech_duration_s=cfg.max_speech_s,
-                progress_tracking_callback=progress,
+                progress_tracking_callback=None if progress is None else (lambda percent: progress(percent / 100)),
             )
         regions = [SpeechRegion(s["start"] / SAMPLE_RATE, s["end"] / SAMPLE_RATE) for s in stamps]
         log.debug("VAD: %d speech regions, %.1f s of %.1f s", len(regions),

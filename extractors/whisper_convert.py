@@ -19,6 +19,7 @@ import argparse
 import json
 import logging
 import os
+import pickle
 import re
 import struct
 from pathlib import Path
@@ -202,7 +203,7 @@ def load_openai_whisper(path: str | os.PathLike, device: str = "cpu"):
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
         model = Whisper(ModelDimensions(**checkpoint["dims"]))
         model.load_state_dict(checkpoint["model_state_dict"])
-    except (RuntimeError, KeyError, TypeError, OSError) as error:
+    except (RuntimeError, KeyError, TypeError, OSError, pickle.UnpicklingError) as error:
         raise ModelNotFoundError(f"{path} is not a usable openai-whisper checkpoint ({error}); "
                                  "convert one with python -m extractors.whisper_convert") from error
     heads = checkpoint.get("alignment_heads")

@@ -130,3 +130,17 @@ def test_video_without_audio_gives_no_speech(recognizer, tmp_path):
         for packet in stream.encode():
             container.mux(packet)
     assert recognizer.transcribe(load_audio(video)) == []
+
+
+def test_gated_times_map_back_to_the_source_and_gaps_snap_to_the_nearer_edge():
+    from extractors.asr import _GatedTimeline
+    from extractors.vad import SpeechRegion
+
+    audio = np.zeros(70 * SAMPLE_RATE, np.float32)
+    timeline = _GatedTimeline(audio, [SpeechRegion(1.0, 5.0), SpeechRegion(60.0, 62.0)], gap_s=0.3, pad_s=0.0)
+    assert [(s.gated_start, s.source_start, s.duration) for s in timeline.spans] == [(0.0, 1.0, 4.0), (4.3, 60.0, 2.0)]
+    assert timeline.to_source(2.5) == pytest.approx(3.5)    # inside the first region
+    assert timeline.to_source(4.05) == pytest.approx(5.0)   # gap, nearer the first region's end
+    assert timeline.to_source(4.25) == pytest.approx(60.0)  # gap, nearer the second region's start
+    assert timeline.to_source(5.3) == pytest.approx(61.0)   # inside the second region
+    assert timeline.to_source(9.0) == pytest.approx(62.0)   # past the end

@@ -79,6 +79,8 @@ def test_sequences_of_a_talking_head(extractor, media_dir):
     assert features.dtype == np.float32 and features.shape == (8, D_VISUAL)     # 4 frames/s over 2 s
     assert np.all((times >= 1.1) & (times < 3.1)) and np.all(np.diff(times) > 0)
     np.testing.assert_allclose(features[:, :D_EXPRESSION].sum(axis=1), 1.0, atol=1e-5)
+    # the expression model really ran: not the uniform row written for faces it would skip
+    assert np.all(features[:, :D_EXPRESSION].max(axis=1) > 1.0 / D_EXPRESSION + 0.05)
     assert np.isfinite(features).all()
     geometry = features[:, D_EXPRESSION:]
     assert np.all((geometry[:, 0] > 0.5) & (geometry[:, 0] < 1.5))            # mouth width vs eye distance
