@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -34,7 +35,6 @@ def save_pretrained(model: RamerModel, directory: str | os.PathLike, card: dict[
     """Write ``model.safetensors`` and ``config.json`` (config incl. dimensions, label names and
     threshold, plus the model card) into ``directory``; each file appears complete or not at all."""
     directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
     if card is not None:
         model.card = dict(card)
     state = {name: tensor.detach().cpu().contiguous() for name, tensor in model.state_dict().items()}
@@ -48,8 +48,27 @@ def save_pretrained(model: RamerModel, directory: str | os.PathLike, card: dict[
         text = json.dumps(document, indent=2, sort_keys=True)
     except TypeError as error:
         raise RamerInputError(f"model card for {directory} is not JSON-serialisable: {error}") from error
-    _atomic_write(directory / WEIGHTS_NAME, lambda path: save_file(state, str(path), metadata={"format": FORMAT}))
-    _atomic_write(directory / CONFIG_NAME, lambda path: Path(path).write_text(text + "\n", encoding="utf-8"))
+    # Both files go into a fresh folder beside the target, which then replaces it: weights and config
+    # always belong together, and an interrupted save leaves the previous checkpoint intact.
+    try:
+        directory.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
+    except OSError as error:
+        raise RamerInputError(f"cannot write the checkpoint to {directory}: {error}") from None
+    previous = directory.with_name(f".{directory.name}.previous")
+    try:
+        save_file(state, str(staging / WEIGHTS_NAME), metadata={"format": FORMAT})
+        (staging / CONFIG_NAME).write_text(text + "\n", encoding="utf-8")
+        if directory.exists():
+            shutil.rmtree(previous, ignore_errors=True)
+            directory.rename(previous)
+        staging.rename(directory)
+        shutil.rmtree(previous, ignore_errors=True)
+    except OSError as error:
+        shutil.rmtree(staging, ignore_errors=True)
+        if previous.exists() and not directory.exists():
+            previous.rename(directory)
+        raise RamerInputError(f"cannot write the checkpoint to {directory}: {error}") from None
     log.info("saved RAMer checkpoint to %s", directory)
     return directory
 
@@ -93,13 +112,3 @@ def from_pretrained(directory: str | os.PathLike, map_location: str | torch.devi
     model.card = dict(document.get("card") or {})
     return model.to(device).eval()
 
-
-def _atomic_write(path: Path, write) -> None:
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(handle)
-    try:
-        write(temporary)
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise

@@ -303,6 +303,8 @@ def _train(model: torch.nn.Module, train_set: RamerDataset, valid_set: RamerData
     model.load_state_dict(state)
     if config.threshold_search != "none" and hasattr(model, "config"):
         model.config.threshold = choice.global_threshold
+    if config.threshold_search == "per_label":  # carried by the model, so evaluate() uses them at once
+        model.card = {**(getattr(model, "card", None) or {}), "thresholds": list(choice.thresholds)}
     result = TrainingResult(best_epoch, choice, metrics, history, time.perf_counter() - started)
     log.info("best epoch %d: valid micro-F1 %.4f", best_epoch, choice.micro_f1)
     return result
@@ -328,15 +330,15 @@ def save_trained(model: torch.nn.Module, directory: str | Path, result: Training
         "torch_version": torch.__version__,
     }
     directory = Path(directory)
-    model.save_pretrained(directory, card=_json_safe(card))
+    model.save_pretrained(directory, card=json_safe(card))
     return directory
 
 
-def _json_safe(value):
+def json_safe(value):
     if isinstance(value, dict):
-        return {str(k): _json_safe(v) for k, v in value.items()}
+        return {str(k): json_safe(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_json_safe(v) for v in value]
+        return [json_safe(v) for v in value]
     if isinstance(value, (np.floating, float)):
         return None if math.isnan(float(value)) else float(value)
     if isinstance(value, np.integer):

@@ -46,7 +46,9 @@ def markdown_table(report: dict) -> str:
 
 
 def _write_json_atomically(path: Path, data: dict) -> None:
-    text = json.dumps(data, indent=2, allow_nan=True)
+    from ramer_core.training import json_safe
+
+    text = json.dumps(json_safe(data), indent=2, allow_nan=False)  # NaN (an empty subset) -> null
     write_atomically(path, lambda temporary: temporary.write_text(text))
 
 

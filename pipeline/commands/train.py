@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 from pathlib import Path
 
 from pipeline.errors import UserError
@@ -89,12 +90,22 @@ def build_config(args: argparse.Namespace, splits):
     return config
 
 
+def _check_output_folder(out: Path, overwrite: bool) -> None:
+    """Fails before training, not after it, when the checkpoint could not be written."""
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out} is a file; give a folder for the checkpoint")
+    if out.is_dir() and any(out.iterdir()) and not overwrite:
+        raise UserError(f"{out} exists and is not empty; choose another --out or pass --overwrite")
+    parent = next((p for p in (out, *out.parents) if p.exists()), Path("."))
+    if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
+        raise UserError(f"cannot write the checkpoint to {out}: {parent} is not a writable folder")
+
+
 def run(args: argparse.Namespace) -> int:
     from ramer_core.model import RamerModel
     from ramer_core.training import TrainingConfig, evaluate, save_trained, train
 
-    if args.out.exists() and any(args.out.iterdir()) and not args.overwrite:
-        raise UserError(f"{args.out} exists and is not empty; choose another --out or pass --overwrite")
+    _check_output_folder(args.out, args.overwrite)
     splits = parse_dataset(args.dataset, args.seed)
     if len(splits.valid) == 0:
         raise UserError(f"{splits.train.source}: the validation split is empty; model selection needs one")

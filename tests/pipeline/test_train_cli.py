@@ -48,7 +48,7 @@ def test_train_then_evaluate(store, tmp_path, capsys):
     assert code == 0
     printed = capsys.readouterr().out
     assert "| overall | 48 |" in printed and "missing_acoustic_text" in printed
-    metrics = json.loads(report.read_text())
+    metrics = json.loads(report.read_text(), parse_constant=lambda c: pytest.fail(f"not valid JSON: {c}"))
     # evaluating the saved checkpoint reproduces the test metrics recorded at training time
     assert metrics["overall"]["micro_f1"] == pytest.approx(test_f1)
     assert metrics["threshold"] == config["config"]["threshold"]
@@ -75,3 +75,12 @@ def test_user_errors_exit_2_with_a_message(store, tmp_path, capsys):
     torch.save({"train": {}}, bad)
     assert main(["train", "--dataset", "mosei-aligned", str(bad), "--out", str(tmp_path / "o2")]) == 2
     assert "lacks src-text" in capsys.readouterr().err
+
+
+def test_output_that_cannot_be_written_fails_before_training(store, tmp_path, capsys):
+    a_file = tmp_path / "plain-file"
+    a_file.write_text("x")
+    assert main(["train", "--dataset", "feature-store", str(store), "--out", str(a_file)]) == 2
+    assert "is a file" in capsys.readouterr().err
+    assert main(["train", "--dataset", "feature-store", str(store), "--out", str(a_file / "sub")]) == 2
+    assert "not a writable folder" in capsys.readouterr().err

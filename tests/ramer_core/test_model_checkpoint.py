@@ -70,3 +70,25 @@ def test_bad_checkpoints_raise_clear_errors(tmp_path):
     (tmp_path / "config.json").write_text("{not json")
     with pytest.raises(RamerInputError, match="not valid JSON"):
         RamerModel.from_pretrained(tmp_path)
+
+
+def test_a_failed_save_keeps_the_previous_checkpoint_whole(tmp_path, monkeypatch):
+    import ramer_core.checkpoint as checkpoint
+    from ramer_core.errors import RamerInputError
+
+    config = tiny_config()
+    torch.manual_seed(0)
+    first = RamerModel(config)
+    first.save_pretrained(tmp_path / "ckpt", card={"version": 1})
+    second = RamerModel(config)
+
+    def disk_full(*args, **kwargs):
+        raise OSError("No space left on device")
+
+    monkeypatch.setattr(checkpoint, "save_file", disk_full)
+    with pytest.raises(RamerInputError, match="No space left"):
+        second.save_pretrained(tmp_path / "ckpt", card={"version": 2})
+    loaded = RamerModel.from_pretrained(tmp_path / "ckpt")
+    assert loaded.card == {"version": 1}
+    assert all(torch.equal(a, b) for a, b in zip(loaded.state_dict().values(), first.state_dict().values(), strict=True))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt"]  # no staging or backup left behind

@@ -111,6 +111,9 @@ def test_training_learns_the_planted_signal():
 
 def test_per_label_thresholds_are_kept_in_the_card(data, tmp_path):
     model, result = _fit(data, seed=2, epochs=1, threshold_search="per_label")
+    # right after training (before any save) the model already scores with its per-label thresholds
+    assert model_thresholds(model) == list(result.threshold.thresholds)
+    assert evaluate(model, data.test) == evaluate(model, data.test, threshold=list(result.threshold.thresholds))
     save_trained(model, tmp_path / "ckpt", result, data.train, data.valid,
                  TrainingConfig(epochs=1, threshold_search="per_label"))
     loaded = RamerModel.from_pretrained(tmp_path / "ckpt")
@@ -126,3 +129,13 @@ def test_mismatched_dataset_is_rejected(data):
         train(model, data.train, data.valid, TrainingConfig(epochs=1, device="cpu"))
     with pytest.raises(RamerInputError, match="mixed_precision"):
         TrainingConfig(mixed_precision="fp8")
+
+
+def test_json_safe_turns_nan_metrics_of_empty_subsets_into_null():
+    import json
+
+    from ramer_core.training import json_safe
+
+    report = {"missing_acoustic_text": {"micro_f1": float("nan"), "samples": np.int64(0)}, "t": (np.float32(0.5),)}
+    assert json.dumps(json_safe(report), allow_nan=False, sort_keys=True) == (
+        '{"missing_acoustic_text": {"micro_f1": null, "samples": 0}, "t": [0.5]}')
