@@ -208,6 +208,11 @@ def read_feature_store(folder: str | Path) -> tuple[list[RamerSample], list[str 
     return samples, splits, label_names, dims
 
 
+def _moment_of(sample_id: str) -> str:
+    """Sample ids are ``moment/character`` (see :meth:`FeatureStoreWriter.add`)."""
+    return sample_id.rsplit("/", 1)[0]
+
+
 def load_feature_store(folder: str | Path, valid_fraction: float = 0.1, test_fraction: float = 0.1,
                        seed: int = 42) -> DatasetSplits:
     """The store as train / valid / test: its own ``split`` entries, else a seeded random split."""
@@ -219,11 +224,14 @@ def load_feature_store(folder: str | Path, valid_fraction: float = 0.1, test_fra
             if split not in groups:
                 raise RamerInputError(f"{folder}: sample {sample.key} has split {split!r}; use train/valid/test")
             groups[split].append(sample)
-    else:
-        order = np.random.RandomState(seed).permutation(len(samples))
-        n_valid, n_test = int(len(samples) * valid_fraction), int(len(samples) * test_fraction)
-        parts = {"valid": order[:n_valid], "test": order[n_valid:n_valid + n_test], "train": order[n_valid + n_test:]}
-        groups = {k: [samples[i] for i in sorted(v)] for k, v in parts.items()}
+    else:  # split whole moments: a moment's characters share context and must not straddle splits
+        moments = sorted({_moment_of(sample.key) for sample in samples})
+        order = np.random.RandomState(seed).permutation(len(moments))
+        n_valid, n_test = int(len(moments) * valid_fraction), int(len(moments) * test_fraction)
+        split_of = {moments[i]: "valid" for i in order[:n_valid]}
+        split_of.update({moments[i]: "test" for i in order[n_valid:n_valid + n_test]})
+        for sample in samples:
+            groups[split_of.get(_moment_of(sample.key), "train")].append(sample)
     datasets = {k: RamerDataset(v, label_names, dims, name=f"feature-store:{k}", source=str(folder))
                 for k, v in groups.items()}
     return DatasetSplits(**datasets, label_names=label_names)

@@ -85,3 +85,18 @@ def test_malformed_stores(tmp_path):
     (folder / "index.json").write_text(json.dumps(index))
     with pytest.raises(RamerInputError, match="shard-00000.safetensors: cannot read shard"):
         read_feature_store(folder)
+
+
+def test_random_split_keeps_each_moment_whole(tmp_path):
+    with FeatureStoreWriter(tmp_path / "party", DIMS, None) as store:
+        for moment in range(10):
+            for character in ("C0", "C1", "C2"):
+                store.add(f"M{moment}", character, text=torch.zeros(0, 4), visual=torch.ones(2, 3),
+                          acoustic=torch.zeros(0, 2))
+    data = load_feature_store(tmp_path / "party", valid_fraction=0.2, test_fraction=0.2)
+    moments = {name: {s.key.split("/")[0] for s in split.samples}
+               for name, split in (("train", data.train), ("valid", data.valid), ("test", data.test))}
+    assert [len(moments[k]) for k in ("train", "valid", "test")] == [6, 2, 2]
+    assert [len(data.train), len(data.valid), len(data.test)] == [18, 6, 6]
+    assert not (moments["train"] & moments["valid"] or moments["train"] & moments["test"]
+                or moments["valid"] & moments["test"])
