@@ -248,10 +248,18 @@ def load_memor(root: str | Path, emo_type: str = "primary", valid_fraction: floa
 
     train_ids = _read_ids(root / "train_id.txt")
     test_ids = _read_ids(root / "test_id.txt")
-    order = np.random.RandomState(seed).permutation(len(train_ids))
-    n_valid = int(len(train_ids) * valid_fraction)
-    valid_ids = [train_ids[i] for i in sorted(order[:n_valid])]
-    fit_ids = [train_ids[i] for i in sorted(order[n_valid:])]
+    # Validation takes whole clips: annotations of one (clip, character, segment) target, and the
+    # characters of one clip, must not end up on both sides.
+    def clip_of(i: int):
+        ann = annotations[i] if 0 <= i < len(annotations) else None
+        return ann.get("clip") if isinstance(ann, dict) else None  # malformed ones fail in build()
+
+    clips = sorted({str(clip_of(i)) for i in train_ids})
+    order = np.random.RandomState(seed).permutation(len(clips))
+    n_valid = max(1, round(len(clips) * valid_fraction)) if valid_fraction > 0 and len(clips) > 1 else 0
+    valid_clips = {clips[i] for i in order[:n_valid]}
+    valid_ids = [i for i in train_ids if str(clip_of(i)) in valid_clips]
+    fit_ids = [i for i in train_ids if str(clip_of(i)) not in valid_clips]
     built = {"train": build(fit_ids, "train"), "valid": build(valid_ids, "valid"), "test": build(test_ids, "test")}
     visual_dim = features.visual_dim or 0
     for samples in built.values():  # clips without faces were built before the visual size was known

@@ -87,8 +87,13 @@ def test_reads_multi_person_samples(memor_root):
 def test_fine_grained_and_seeded_validation(memor_root):
     fine = load_memor(memor_root, emo_type="fine_grained")
     assert len(fine.label_names) == 14 and "annoyance" in fine.label_names
-    sizes = (len(fine.train), len(fine.valid))
-    assert sizes == (len(load_memor(memor_root, emo_type="fine_grained").train), 1)
+    again = load_memor(memor_root, emo_type="fine_grained")
+    keys = lambda split: {sample.key for sample in split.samples}  # noqa: E731
+    assert keys(fine.train) == keys(again.train) and keys(fine.valid) == keys(again.valid)  # seeded
+    # validation takes whole clips: no clip (so no target) on both sides
+    clips = lambda split: {key.split(":")[0] for key in keys(split)}  # noqa: E731
+    assert len(clips(fine.valid)) == 1 and not clips(fine.valid) & clips(fine.train)
+    assert keys(fine.train) | keys(fine.valid) == keys(load_memor(memor_root, "fine_grained", valid_fraction=0.0).train)
 
 
 def test_malformed_inputs(memor_root):
