@@ -135,9 +135,12 @@ class WhisperEncoderFeatures:
 
     def _encode(self, chunk: np.ndarray) -> np.ndarray:
         from faster_whisper.audio import pad_or_trim
+        from faster_whisper.transcribe import get_ctranslate2_storage
 
         mel = pad_or_trim(self.model.feature_extractor(chunk))                 # [n_mels, 3000]
-        return np.asarray(self.model.encode(mel))[0]                           # [1500, D]
+        # WhisperModel.encode leaves the states on a single GPU, where numpy cannot read them
+        states = self.model.model.encode(get_ctranslate2_storage(mel[None]), to_cpu=True)
+        return np.asarray(states, dtype=np.float32)[0]                         # [1500, D]
 
     def frames(self, audio: np.ndarray) -> np.ndarray:
         """[T, dim] float32, state t centred at (t + 0.5) / 50 s."""

@@ -28,7 +28,8 @@ DEFAULT_ANALYSIS_FPS = 4.0  # frames per second looked at by the visual stages
 
 @dataclass
 class Frame:
-    index: int          # index among the decoded frames (0-based, every frame counted, from ``start``)
+    index: int          # 0-based count of decoded frames; after a seek (start > 0) it counts from the keyframe
+                        # the seek landed on, so use ``t``, not ``index``, to place a frame in the video
     t: float            # presentation time in seconds from the start of the stream
     image: np.ndarray   # [H, W, 3] uint8 RGB, upright (rotation applied)
 

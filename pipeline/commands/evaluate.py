@@ -29,7 +29,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     add_dataset_argument(parser)
     parser.add_argument("--split", choices=("train", "valid", "test"), default="test")
     parser.add_argument("--threshold", type=float, default=None, help="override the checkpoint's threshold")
-    parser.add_argument("--seed", type=int, default=42, help="seed of a synthetic dataset / random splits")
+    parser.add_argument("--seed", type=int, default=None,
+                        help="seed of a synthetic dataset / random splits (default: the checkpoint's training seed)")
     parser.add_argument("--device", default=None, help="cpu, cuda (default: CUDA when available)")
     parser.add_argument("--json", type=Path, default=None, help="also write the metrics to this JSON file")
     parser.set_defaults(func=run)
@@ -60,7 +61,9 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"checkpoint folder not found: {args.checkpoint}")
     device = pick_device(args.device)
     model = RamerModel.from_pretrained(args.checkpoint, map_location=device).to(device)
-    splits = parse_dataset(args.dataset, args.seed)
+    # the same synthetic draw and random splits as at training time, unless asked otherwise
+    seed = args.seed if args.seed is not None else int((model.card.get("training") or {}).get("seed", 42))
+    splits = parse_dataset(args.dataset, seed)
     dataset = splits.split(args.split)
     if len(dataset) == 0:
         raise UserError(f"the {args.split} split of {dataset.source} is empty")

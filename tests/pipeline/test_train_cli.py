@@ -84,3 +84,13 @@ def test_output_that_cannot_be_written_fails_before_training(store, tmp_path, ca
     assert "is a file" in capsys.readouterr().err
     assert main(["train", "--dataset", "feature-store", str(store), "--out", str(a_file / "sub")]) == 2
     assert "not a writable folder" in capsys.readouterr().err
+
+
+def test_evaluate_uses_the_training_seed_for_synthetic_data(tmp_path, capsys):
+    out = tmp_path / "synthetic"
+    assert main(["-q", "train", "--dataset", "synthetic", "--out", str(out), "--epochs", "1", "--seed", "7",
+                 "--batch-size", "256", *SMALL_MODEL]) == 0
+    test_f1 = json.loads((out / "config.json").read_text())["card"]["metrics"]["test"]["overall"]["micro_f1"]
+    report = tmp_path / "m.json"
+    assert main(["-q", "evaluate", "--checkpoint", str(out), "--dataset", "synthetic", "--json", str(report)]) == 0
+    assert json.loads(report.read_text())["overall"]["micro_f1"] == pytest.approx(test_f1)
