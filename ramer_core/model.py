@@ -474,10 +474,11 @@ class RamerModel(nn.Module):
             count = int(self.queue_count)
             add("supcon", config.weight_supcon, lambda: self.contrastive_loss(
                 anchors, anchor_ids, self.queue[:count], self.queue_ids[:count], config.temperature))
-            if self.training:
+            # a non-finite step is skipped by the trainer; its features must not poison queue or prototypes
+            if self.training and bool(torch.isfinite(anchors).all()):
                 self._enqueue(anchors.detach(), anchor_ids)
         if self.training:
-            if config.use_reconstruction:
+            if config.use_reconstruction and bool(torch.isfinite(latents).all()):
                 self._update_prototypes(latents.detach(), present, labels)
             self.shuffle_state[1] += 1
 

@@ -293,3 +293,18 @@ def test_public_code_layers_start_xavier_uniform_and_pass_gradient_to_the_encode
     at_units = torch.stack([u.grad.norm() for u in units]).norm()
     at_beta = model.classifier_weight.grad.norm()
     assert float(at_units / at_beta) > 0.01  # ~0.03 with Xavier, ~0.0013 with the default init
+
+
+def test_a_non_finite_step_leaves_queue_and_prototypes_untouched():
+    config = tiny_config(queue_size=300)
+    model = _model(config)
+    model.train()
+    model(single_batch(config))
+    queue, ids, count = model.queue.clone(), model.queue_ids.clone(), int(model.queue_count)
+    prototypes = model.prototypes.clone()
+    poisoned = single_batch(config, seed=1)
+    poisoned.text[0, 0, 0, 0, 0] = float("nan")  # present text of sample 0
+    out = model(poisoned)
+    assert not torch.isfinite(out.loss)  # the trainer skips this step ...
+    assert int(model.queue_count) == count and torch.equal(model.queue_ids, ids)  # ... and nothing was stored
+    assert torch.equal(model.queue, queue) and torch.equal(model.prototypes, prototypes)
