@@ -50,12 +50,21 @@ class FaceDetection(_Serializable):
     score: float
     landmarks: np.ndarray                  # [5, 2]: left eye, right eye, nose, mouth left, mouth right
 
+    @classmethod
+    def from_dict(cls, data: dict) -> FaceDetection:
+        return cls(float(data["t"]), tuple(float(v) for v in data["box"]), float(data["score"]),
+                   np.asarray(data["landmarks"], dtype=np.float32).reshape(-1, 2))
+
 
 @dataclass
 class FaceTrack(_Serializable):
     id: str                 # "T0", "T1", ...
     shot: int               # index of the shot the track lives in; tracks never cross a cut
     detections: list[FaceDetection] = field(default_factory=list)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> FaceTrack:
+        return cls(data["id"], int(data["shot"]), [FaceDetection.from_dict(d) for d in data["detections"]])
 
     @property
     def start(self) -> float:
@@ -74,6 +83,13 @@ class Character(_Serializable):
     embedding: np.ndarray    # [D] mean identity embedding (L2-normalised)
     personality: np.ndarray | None = None  # from a cast file only; never invented
 
+    @classmethod
+    def from_dict(cls, data: dict) -> Character:
+        personality = data.get("personality")
+        return cls(data["id"], list(data["track_ids"]), data.get("name"),
+                   np.asarray(data["embedding"], dtype=np.float32),
+                   None if personality is None else np.asarray(personality, dtype=np.float32))
+
 
 @dataclass
 class Word(_Serializable):
@@ -81,6 +97,10 @@ class Word(_Serializable):
     start: float
     end: float
     prob: float
+
+    @classmethod
+    def from_dict(cls, data: dict) -> Word:
+        return cls(**data)
 
 
 @dataclass
@@ -95,9 +115,17 @@ class SpeechSegment(_Serializable):
     speaker_confidence: float = 0.0
     language: str | None = None
 
+    @classmethod
+    def from_dict(cls, data: dict) -> SpeechSegment:
+        return cls(**{**data, "words": [Word.from_dict(w) for w in data["words"]]})
+
 
 @dataclass
 class SpeakerTurn(_Serializable):
     start: float
     end: float
     speaker: str             # "SPK0", "SPK1", ...
+
+    @classmethod
+    def from_dict(cls, data: dict) -> SpeakerTurn:
+        return cls(**data)

@@ -27,6 +27,10 @@ class Shot:
     def serialize(self) -> dict:
         return {"index": self.index, "start": self.start, "end": self.end}
 
+    @classmethod
+    def from_dict(cls, data: dict) -> Shot:
+        return cls(int(data["index"]), float(data["start"]), float(data["end"]))
+
 
 @dataclass
 class ShotDetectorConfig:

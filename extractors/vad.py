@@ -35,6 +35,10 @@ class SpeechRegion:
     def serialize(self) -> dict:
         return {"start": self.start, "end": self.end}
 
+    @classmethod
+    def from_dict(cls, data: dict) -> SpeechRegion:
+        return cls(float(data["start"]), float(data["end"]))
+
 
 @dataclass
 class VadConfig:
