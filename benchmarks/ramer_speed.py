@@ -227,12 +227,14 @@ def worker(job: dict) -> dict:
             c0 = time.process_time()
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=job.get("bf16", False)):
                 out = model(batch)
+                loss = model.loss(out, batch.labels)
             _sync(device)
             t1 = time.perf_counter()
-            out.loss.backward()
+            loss.total.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
+            model.update_state(out, batch.labels)
             _sync(device)
             t2 = time.perf_counter()
             if step >= job["warmup"]:
@@ -243,7 +245,7 @@ def worker(job: dict) -> dict:
         result.update(
             step_s=statistics.median(total), step_min_s=min(total), step_cpu_s=statistics.median(cpu), forward_s=statistics.median(forward),
             backward_s=statistics.median(backward), supcon_forward_s=statistics.median(supcon_times[job["warmup"]:]),
-            contrast_rows=anchors_seen[-1], loss_terms=sorted(out.losses), loss=float(out.loss.detach()),
+            contrast_rows=anchors_seen[-1], loss_terms=sorted(loss.terms), loss=float(loss.total.detach()),
         )
     else:
         batch = _make_batch(spec, job["batch"], device, labels=False)

@@ -5,7 +5,7 @@ from ramer_core.checkpoint import from_pretrained, save_pretrained
 from ramer_core.config import ABLATIONS, RamerConfig
 from ramer_core.errors import RamerInputError
 from ramer_core.losses import orthogonality_loss, reverse_gradient, supervised_contrastive_loss
-from ramer_core.model import RamerModel, RamerOutput
+from ramer_core.model import RamerLoss, RamerModel, RamerOutput
 from ramer_core.shuffle import stack_shuffle
 
 __all__ = [
@@ -14,6 +14,7 @@ __all__ = [
     "RamerBatch",
     "RamerConfig",
     "RamerInputError",
+    "RamerLoss",
     "RamerModel",
     "RamerOutput",
     "from_pretrained",

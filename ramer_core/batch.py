@@ -6,7 +6,10 @@ character in the moment (P persons) and each character's segments (S segments); 
 use P = S = 1 through :meth:`RamerBatch.single`.
 
 Absent inputs are *empty*, not zeros pretending to be data: a modality whose ``present`` flag is
-False contributes nothing to the output, whatever its tensor holds.
+False contributes nothing to the output, whatever its tensor holds. ``exists`` marks the (person,
+segment) cells a sample really has; :func:`~ramer_core.datasets.collate` pads persons and segments to
+the batch maximum and marks the padding False, so a sample scores the same whatever it is batched
+with (a padded cell is never an attention key, even where the person's personality is known).
 """
 
 from __future__ import annotations
@@ -32,6 +35,13 @@ class RamerBatch:
     personality: torch.Tensor | None = None          # [B, P, Dp] float, or None when no dataset has it
     personality_present: torch.Tensor | None = None  # [B, P] bool
     labels: torch.Tensor | None = None                # [B, C] float multi-hot (training/evaluation)
+    exists: torch.Tensor | None = None                # [B, P, S] bool, real (person, segment) cell; None = all
+
+    def cell_exists(self) -> torch.Tensor:
+        """[B, P, S] bool: ``exists``, or every cell when the batch was built without padding."""
+        if self.exists is not None:
+            return self.exists.bool()
+        return torch.ones(self.present.shape[:3], dtype=torch.bool, device=self.present.device)
 
     @property
     def batch_size(self) -> int:
@@ -74,5 +84,5 @@ class RamerBatch:
             present=lift(present), target_person=zeros, target_segment=zeros.clone(),
             personality=None if personality is None else personality[:, None],
             personality_present=None if personality_present is None else personality_present[:, None],
-            labels=labels,
+            labels=labels, exists=torch.ones(b, 1, 1, dtype=torch.bool, device=text.device),
         )

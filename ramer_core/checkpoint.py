@@ -28,7 +28,7 @@ log = logging.getLogger(__name__)
 WEIGHTS_NAME = "model.safetensors"
 CONFIG_NAME = "config.json"
 FORMAT = "ramer-core"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: encoder embedding LayerNorm, personality concat-fuse, no aggregator dropout
 
 
 def save_pretrained(model: RamerModel, directory: str | os.PathLike, card: dict[str, Any] | None = None) -> Path:

@@ -45,10 +45,12 @@ class RamerConfig:
     dropout: float = 0.3
     max_positions: int = 512       # longest sequence the learned positional embedding covers
     latent_size: int = 64          # autoencoder bottleneck, also the contrastive projection
+    initializer_range: float = 0.02  # N(0, 0.02) init of the encoders' Linear and position weights (public code)
 
     # --- method hyper-parameters --------------------------------------------------------------
     prototype_momentum: float = 0.99   # EMA of the positive/negative prototypes
-    prototype_temperature: float = 0.1  # softmax temperature of latent-to-prototype similarity
+    prototype_temperature: float = 0.1  # softmax temperature of latent-to-prototype similarity (public code: 1)
+    prototype_hard_at_eval: bool = True  # eval: the closer prototype only, as the public code (training: soft mix)
     queue_size: int = 8192
     temperature: float = 0.07          # supervised contrastive temperature
     shuffle_stacks_samples: int = 4    # stack shuffle across samples: stacks, iterations
@@ -64,6 +66,7 @@ class RamerConfig:
     use_contrastive: bool = True       # supervised contrastive loss with a queue over the 9 views
     use_personality: bool = True       # personality branch (active only when personality_dim > 0)
     use_stack_shuffle: bool = True     # aggregator trained on stack-shuffled samples/modalities
+    detach_reconstruction_targets: bool = True  # False = the public objective (MSE pulls U too)
 
     # --- loss weights (public code) -----------------------------------------------------------
     weight_clf_u: float = 0.01
@@ -78,7 +81,6 @@ class RamerConfig:
     weight_adversarial: float = 0.01
     weight_orthogonality: float = 5e-6
     weight_common_clf: float = 0.5
-    weight_personality: float = 1.0    # personality auxiliary classifier
 
     extra: dict[str, Any] = field(default_factory=dict)  # free-form notes kept in config.json
 

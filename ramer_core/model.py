@@ -55,20 +55,44 @@ NUM_MODALITIES = len(MODALITIES)
 
 
 @dataclass
+class RamerParts:
+    """What the forward pass computed besides the scores: what :meth:`RamerModel.loss` and
+    :meth:`RamerModel.update_state` need. Shapes per sample b, modality m, label c."""
+
+    units: torch.Tensor            # [B, 3, C, H] U_m (zeros where absent)
+    recon: torch.Tensor            # [B, 3, C, H] autoencoder reconstruction of U (U itself without it)
+    pad: torch.Tensor              # [B, 3, C, H] the stand-in for each modality (prototypes + context)
+    aug: torch.Tensor | None       # [B, 3, C, H] first-tier cross-modal reconstruction
+    beta: torch.Tensor             # [B, 3, C, H] second tier (or U / pad without cross-modal)
+    latents: torch.Tensor | None   # [B, 3, C, d] autoencoder latents of U
+    present: torch.Tensor          # [B, 3] bool, modality present for the target
+    beta_valid: torch.Tensor       # [B, 3] bool, beta_m exists
+    clf_beta: torch.Tensor         # [B, C] label-wise classifier logits on beta, max over modalities
+    any_valid: torch.Tensor        # [B] bool, some beta_m exists
+    agg_logits: torch.Tensor       # [B, 3, C] aggregator logits per modality slot
+    # filled by loss(): the contrastive views as computed for the loss, enqueued by update_state()
+    contrastive_views: tuple[torch.Tensor, torch.Tensor] | None = None  # ([N, d] normalised, [N] ids)
+
+
+@dataclass
 class RamerOutput:
     probs: torch.Tensor                 # [B, C] final scores in [0, 1]
     logits: torch.Tensor                # [B, C] logit(probs), for ranking only
     modalities_used: torch.Tensor       # [B, 3] bool, modalities present for the scored target
-    losses: dict[str, torch.Tensor] = field(default_factory=dict)  # weighted terms (labels given)
-    loss: torch.Tensor | None = None    # scalar sum of ``losses``
+    parts: RamerParts | None = None     # representations for loss() / update_state()
 
     def serialize(self) -> dict:
-        return {
-            "probs": self.probs.detach().cpu().tolist(),
-            "modalities_used": self.modalities_used.cpu().tolist(),
-            "losses": {name: float(value.detach()) for name, value in self.losses.items()},
-            "loss": None if self.loss is None else float(self.loss.detach()),
-        }
+        return {"probs": self.probs.detach().cpu().tolist(), "modalities_used": self.modalities_used.cpu().tolist()}
+
+
+@dataclass
+class RamerLoss:
+    total: torch.Tensor                 # scalar, the sum of ``terms``
+    terms: dict[str, torch.Tensor] = field(default_factory=dict)  # each term already times its weight
+
+    def serialize(self) -> dict:
+        return {"total": float(self.total.detach()),
+                "terms": {name: float(value.detach()) for name, value in self.terms.items()}}
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -127,22 +151,30 @@ class EncoderLayer(nn.Module):
 
 
 class ModalityEncoder(nn.Module):
-    """LayerNorm(D) -> Linear(D -> H) + learned position -> Transformer encoder layers."""
+    """LayerNorm(D) -> Linear(D -> H) + learned position -> LayerNorm -> Transformer encoder layers
+    (the public code's ``Normalize`` + ``TfEmbeddings`` + ``TfEncoder``); Linear and position weights
+    start N(0, initializer_range), biases 0, as the public code's ``init_weights``."""
 
     def __init__(self, input_dim: int, num_layers: int, config: RamerConfig):
         super().__init__()
         self.input_norm = nn.LayerNorm(input_dim)
         self.input_proj = nn.Linear(input_dim, config.hidden_size)
         self.position = nn.Embedding(config.max_positions, config.hidden_size)
+        self.embedding_norm = nn.LayerNorm(config.hidden_size)
         self.dropout = Dropout(config.dropout)
         self.layers = nn.ModuleList(
             EncoderLayer(config.hidden_size, config.num_heads, config.ffn_size, config.dropout) for _ in range(num_layers)
         )
+        for module in self.modules():
+            if isinstance(module, (nn.Linear, nn.Embedding)):
+                nn.init.normal_(module.weight, mean=0.0, std=config.initializer_range)
+            if isinstance(module, nn.Linear) and module.bias is not None:
+                nn.init.zeros_(module.bias)
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         # x [N, T, D], mask [N, T] True = valid; every row has at least one valid step
         positions = torch.arange(x.shape[1], device=x.device)
-        h = self.dropout(self.input_proj(self.input_norm(x)) + self.position(positions))  # [N, T, H]
+        h = self.dropout(self.embedding_norm(self.input_proj(self.input_norm(x)) + self.position(positions)))  # [N, T, H]
         for layer in self.layers:
             h = layer(h, mask)
         return h                                                                          # [N, T, H]
@@ -187,34 +219,36 @@ class MaskedAttention(nn.Module):
 
 
 class PersonalityBranch(nn.Module):
-    """Personality auxiliary task with modality-level attention over a multi-party moment.
+    """Personality with modality-level attention over a multi-party moment.
 
-    Per modality, every (character, segment) token is its U plus its character's personality
-    embedding (absent personality: nothing added, never invented). Inter-personal attention runs
-    across the characters of each segment, then intra-personal attention lets the target segment
-    attend over the target character's segments. The result refines present modalities and, for a
-    missing one, supplies what the moment and the personality say about it.
+    The personality vector is encoded (LayerNorm -> Linear) and concatenated to every (character,
+    segment) token of its character, as the public code does (``cat([inp_V, inp_P])``), then
+    projected back to H per modality: token = W_m [U; E_p] + b_m (absent personality: E_p = 0, never
+    invented). Inter-personal attention runs across the characters of each segment, then
+    intra-personal attention lets the target segment attend over the target character's segments.
+    Only cells that exist (``RamerBatch.exists``) and hold the modality or a known personality are
+    keys. The result replaces U for present modalities and, for a missing one, adds what the moment
+    and the personality say about it to the prototype stand-in.
     """
 
     def __init__(self, config: RamerConfig):
         super().__init__()
         h = config.hidden_size
         self.embed = nn.Sequential(nn.LayerNorm(config.personality_dim), nn.Linear(config.personality_dim, h))
+        self.fuse = nn.ModuleList(nn.Linear(2 * h, h) for _ in MODALITIES)
         self.inter = nn.ModuleList(MaskedAttention(h, config.num_heads, config.dropout) for _ in MODALITIES)
         self.intra = nn.ModuleList(MaskedAttention(h, config.num_heads, config.dropout) for _ in MODALITIES)
-        self.head_weight = nn.Parameter(torch.empty(config.num_labels, h))
-        self.head_bias = nn.Parameter(torch.zeros(config.num_labels))
-        nn.init.xavier_uniform_(self.head_weight)
 
     def forward(
         self,
         units: list[torch.Tensor],        # per modality [B, P, S, C, H], zeros where absent
         present: torch.Tensor,            # [B, P, S, 3] bool
+        exists: torch.Tensor,             # [B, P, S] bool, real cells (False = collate padding)
         personality: torch.Tensor | None,  # [B, P, Dp]
         personality_present: torch.Tensor | None,  # [B, P] bool
         target_person: torch.Tensor,      # [B]
         target_segment: torch.Tensor,     # [B]
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+    ) -> torch.Tensor:
         b, p, s, c, h = units[0].shape
         batch_index = torch.arange(b, device=units[0].device)
         if personality is None:
@@ -225,10 +259,12 @@ class PersonalityBranch(nn.Module):
                 b, p, dtype=torch.bool, device=personality.device)
             # an unknown personality contributes nothing, whatever its tensor holds
             embedding = self.embed(torch.where(known[..., None], personality, 0.0)) * known[..., None]  # [B, P, H]
+        embedding = embedding.to(units[0].dtype)
         contexts = []
         for m in range(NUM_MODALITIES):
-            tokens = units[m] + embedding[:, :, None, None, :]                      # [B, P, S, C, H]
-            valid = present[..., m] | known[:, :, None]                             # [B, P, S]
+            with_personality = torch.cat([units[m], embedding[:, :, None, None, :].expand_as(units[m])], dim=-1)
+            tokens = self.fuse[m](with_personality)                                 # [B, P, S, C, H]
+            valid = exists & (present[..., m] | known[:, :, None])                  # [B, P, S]
             # inter-personal: across the characters of each segment, per label
             across = tokens.permute(0, 2, 3, 1, 4).reshape(b * s * c, p, h)         # [B*S*C, P, H]
             across_valid = valid.permute(0, 2, 1)[:, :, None, :].expand(b, s, c, p).reshape(b * s * c, p)
@@ -239,9 +275,7 @@ class PersonalityBranch(nn.Module):
             own_valid = valid[batch_index, target_person][:, None, :].expand(b, c, s).reshape(b * c, s)
             query = tokens[batch_index, target_person, target_segment].reshape(b * c, 1, h)
             contexts.append((query + self.intra[m](query, own, own_valid)).view(b, c, h))
-        context = torch.stack(contexts, dim=1)                                      # [B, 3, C, H]
-        aux_logits = torch.einsum("bch,ch->bc", context.mean(dim=1), self.head_weight) + self.head_bias
-        return context, aux_logits
+        return torch.stack(contexts, dim=1)                                         # [B, 3, C, H]
 
 
 class Autoencoder(nn.Module):
@@ -299,7 +333,7 @@ class RamerModel(nn.Module):
         # label-wise classifier per modality, shared by the U, aug and beta stages (as in the paper)
         self.classifier_weight = nn.Parameter(torch.empty(NUM_MODALITIES, c, h))
         nn.init.kaiming_uniform_(self.classifier_weight, a=5**0.5)
-        self.aggregator = nn.Sequential(nn.Linear(c * h, h), nn.ReLU(), Dropout(0.1), nn.Linear(h, c))
+        self.aggregator = nn.Sequential(nn.Linear(c * h, h), nn.ReLU(), nn.Linear(h, c))  # MLLinear: no dropout
 
         # state: prototypes [modality, label, positive/negative, latent], contrastive queue
         self.register_buffer("prototypes", torch.zeros(NUM_MODALITIES, c, 2, d))
@@ -375,24 +409,26 @@ class RamerModel(nn.Module):
 
     # --- forward -----------------------------------------------------------------------------------
     def forward(self, batch: RamerBatch) -> RamerOutput:
+        """Scores and the representations the losses need; changes no state (queue, prototypes and
+        shuffle step move only in :meth:`update_state`)."""
         config = self.config
         self._check(batch)
         b = batch.batch_size
         batch_index = torch.arange(b, device=batch.text.device)
         target_person, target_segment = batch.target_person.long(), batch.target_segment.long()
-        # present = flagged present and at least one valid time step; [B, P, S, 3]
-        present_all = batch.present.bool() & torch.stack([batch.mask(m).any(dim=-1) for m in MODALITIES], dim=-1)
+        exists = batch.cell_exists()                                                            # [B, P, S]
+        # present = a real cell, flagged present and with at least one valid time step; [B, P, S, 3]
+        present_all = batch.present.bool() & exists[..., None] & torch.stack(
+            [batch.mask(m).any(dim=-1) for m in MODALITIES], dim=-1)
         present = present_all[batch_index, target_person, target_segment]  # [B, 3]
 
         # 1. per-modality encoders + label attention -> U_m [B, C, H] (zeros where absent)
         context = None
-        personality_logits = None
         if self.personality is not None:
             units_all = [self._encode_units(m, batch.features(name), batch.mask(name), present_all[..., m])
                          for m, name in enumerate(MODALITIES)]                                   # [B, P, S, C, H]
-            context, personality_logits = self.personality(
-                units_all, present_all, batch.personality, batch.personality_present, target_person, target_segment
-            )
+            context = self.personality(units_all, present_all, exists, batch.personality, batch.personality_present,
+                                       target_person, target_segment)                           # [B, 3, C, H]
             units = torch.where(present[:, :, None, None], context, 0.0)                          # [B, 3, C, H]
             context = torch.where(present[:, :, None, None], 0.0, context)  # what fills a missing one
         else:
@@ -437,54 +473,93 @@ class RamerModel(nn.Module):
         agg_probs = masked_mean_over_modalities(agg_logits.sigmoid(), beta_valid)               # [B, C]
         probs = (agg_probs + clf_beta.sigmoid()) / 2
         eps = torch.finfo(probs.dtype).eps
-        output = RamerOutput(probs=probs, logits=torch.logit(probs, eps=eps), modalities_used=present)
-        if batch.labels is None:
-            return output
+        parts = RamerParts(units=units, recon=recon, pad=pad, aug=aug, beta=beta, latents=latents, present=present,
+                           beta_valid=beta_valid, clf_beta=clf_beta, any_valid=any_valid, agg_logits=agg_logits)
+        return RamerOutput(probs=probs, logits=torch.logit(probs, eps=eps), modalities_used=present, parts=parts)
 
-        # 5. losses (weighted); stateful updates only in training mode
-        labels = batch.labels.to(probs.dtype)
-        weighted: dict[str, torch.Tensor] = {}
+    def loss(self, output: RamerOutput, labels: torch.Tensor) -> RamerLoss:
+        """The weighted training objective of one forward pass (``labels`` [B, C] multi-hot):
 
-        def add(name: str, weight: float, compute):
-            if weight != 0.0:
-                weighted[name] = weight * compute()
+            total = w_clf_u clf_u + w_clf_beta clf_beta + w_aggregator aggregator
+                  + w_clf_aug clf_aug + w_aug_mse aug_mse + w_beta_mse beta_mse      (cross-modal)
+                  + w_recon_mse recon_mse                                             (reconstruction)
+                  + w_shuffle shuffle                                                 (stack shuffle)
+                  + w_adversarial adversarial + w_orthogonality orthogonality
+                  + w_common_clf common_clf                                           (adversarial)
+                  + w_supcon supcon                                                   (contrastive)
 
-        # reconstruction targets are detached: U should be reconstructed, not shrunk to be easy to reconstruct
-        target_units = units.detach()
-        clf_units, any_present = self._max_over_modalities(self._classify(units), present)
-        add("clf_u", config.weight_clf_u, lambda: masked_bce_with_logits(clf_units, labels, any_present[:, None]))
-        add("clf_beta", config.weight_clf_beta, lambda: masked_bce_with_logits(clf_beta, labels, any_valid[:, None]))
-        add("aggregator", config.weight_aggregator, lambda: masked_bce_with_logits(
-            agg_logits, labels[:, None].expand_as(agg_logits), beta_valid[:, :, None]))
-        if config.use_cross_modal:
-            clf_aug = self._classify(aug).amax(dim=1)
-            add("clf_aug", config.weight_clf_aug, lambda: masked_bce_with_logits(clf_aug, labels))
-            add("aug_mse", config.weight_aug_mse, lambda: sum_over_modalities(masked_mse, aug, target_units, present))
-            add("beta_mse", config.weight_beta_mse, lambda: sum_over_modalities(masked_mse, beta, target_units, present))
-        if config.use_reconstruction:
-            add("recon_mse", config.weight_recon_mse, lambda: sum_over_modalities(masked_mse, recon, target_units, present))
-        if config.use_stack_shuffle:
-            add("shuffle", config.weight_shuffle, lambda: self._shuffle_loss(beta, beta_valid, labels))
-        if config.use_adversarial:
-            self._adversarial_losses(units, beta, present, beta_valid, labels, add)
-        if personality_logits is not None:
-            add("personality", config.weight_personality, lambda: masked_bce_with_logits(personality_logits, labels))
-        if config.use_contrastive:
-            anchors, anchor_ids = self._contrastive_views(units, aug, beta, present, beta_valid, labels, latents)
+        A term whose part is switched off or whose weight is 0 is left out (not computed). Reads the
+        queue, prototypes and shuffle step, changes none of them."""
+        config = self.config
+        parts = output.parts
+        if parts is None:
+            raise RamerInputError("RamerModel.loss needs the output of RamerModel.forward (with its parts)")
+        if labels.shape != output.probs.shape:
+            raise RamerInputError(f"labels have shape {tuple(labels.shape)}; expected {tuple(output.probs.shape)} "
+                                  f"multi-hot for labels {list(config.label_names)}")
+        labels = labels.to(output.probs.dtype)
+        units, present, beta, beta_valid = parts.units, parts.present, parts.beta, parts.beta_valid
+        # detached targets: U should be reconstructed, not shrunk to be easy to reconstruct
+        targets = units.detach() if config.detach_reconstruction_targets else units
+        weights = {
+            "clf_u": config.weight_clf_u, "clf_beta": config.weight_clf_beta, "aggregator": config.weight_aggregator,
+            "clf_aug": config.weight_clf_aug if config.use_cross_modal else 0.0,
+            "aug_mse": config.weight_aug_mse if config.use_cross_modal else 0.0,
+            "beta_mse": config.weight_beta_mse if config.use_cross_modal else 0.0,
+            "recon_mse": config.weight_recon_mse if config.use_reconstruction else 0.0,
+            "shuffle": config.weight_shuffle if config.use_stack_shuffle else 0.0,
+            "adversarial": config.weight_adversarial if config.use_adversarial else 0.0,
+            "orthogonality": config.weight_orthogonality if config.use_adversarial else 0.0,
+            "common_clf": config.weight_common_clf if config.use_adversarial else 0.0,
+            "supcon": config.weight_supcon if config.use_contrastive else 0.0,
+        }
+        wanted = {name for name, weight in weights.items() if weight != 0.0}
+        raw: dict[str, torch.Tensor] = {}
+        if "clf_u" in wanted:
+            clf_units, any_present = self._max_over_modalities(self._classify(units), present)
+            raw["clf_u"] = masked_bce_with_logits(clf_units, labels, any_present[:, None])
+        if "clf_beta" in wanted:
+            raw["clf_beta"] = masked_bce_with_logits(parts.clf_beta, labels, parts.any_valid[:, None])
+        if "aggregator" in wanted:
+            raw["aggregator"] = masked_bce_with_logits(
+                parts.agg_logits, labels[:, None].expand_as(parts.agg_logits), beta_valid[:, :, None])
+        if "clf_aug" in wanted:
+            raw["clf_aug"] = masked_bce_with_logits(self._classify(parts.aug).amax(dim=1), labels)
+        if "aug_mse" in wanted:
+            raw["aug_mse"] = sum_over_modalities(masked_mse, parts.aug, targets, present)
+        if "beta_mse" in wanted:
+            raw["beta_mse"] = sum_over_modalities(masked_mse, beta, targets, present)
+        if "recon_mse" in wanted:
+            raw["recon_mse"] = sum_over_modalities(masked_mse, parts.recon, targets, present)
+        if "shuffle" in wanted:
+            raw["shuffle"] = self._shuffle_loss(beta, beta_valid, labels)
+        if wanted & {"adversarial", "orthogonality", "common_clf"}:
+            raw.update(self._adversarial_losses(units, beta, present, beta_valid, labels))
+        if "supcon" in wanted:
+            anchors, anchor_ids = self._contrastive_views(parts, labels)
+            parts.contrastive_views = (anchors.detach(), anchor_ids)  # enqueued by update_state()
             count = int(self.queue_count)
-            add("supcon", config.weight_supcon, lambda: self.contrastive_loss(
-                anchors, anchor_ids, self.queue[:count], self.queue_ids[:count], config.temperature))
-            # a non-finite step is skipped by the trainer; its features must not poison queue or prototypes
-            if self.training and bool(torch.isfinite(anchors).all()):
-                self._enqueue(anchors.detach(), anchor_ids)
-        if self.training:
-            if config.use_reconstruction and bool(torch.isfinite(latents).all()):
-                self._update_prototypes(latents.detach(), present, labels)
-            self.shuffle_state[1] += 1
+            raw["supcon"] = self.contrastive_loss(anchors, anchor_ids, self.queue[:count], self.queue_ids[:count],
+                                                  config.temperature)
+        terms = {name: weights[name] * raw[name] for name in weights if name in wanted}
+        total = torch.stack(list(terms.values())).sum() if terms else output.probs.sum() * 0.0
+        return RamerLoss(total=total, terms=terms)
 
-        output.losses = weighted
-        output.loss = torch.stack(list(weighted.values())).sum() if weighted else probs.sum() * 0.0
-        return output
+    @torch.no_grad()
+    def update_state(self, output: RamerOutput, labels: torch.Tensor) -> None:
+        """After a successful optimiser step: enqueue the step's contrastive views (as :meth:`loss`
+        computed them), fold its latents into the prototypes, advance the stack-shuffle step. Non-finite
+        features are not stored (they would poison every later step)."""
+        parts = output.parts
+        if parts is None:
+            raise RamerInputError("RamerModel.update_state needs the output of RamerModel.forward")
+        if self.config.use_contrastive and parts.contrastive_views is not None:
+            anchors, anchor_ids = parts.contrastive_views
+            if bool(torch.isfinite(anchors).all()):
+                self._enqueue(anchors, anchor_ids)
+        if self.config.use_reconstruction and parts.latents is not None and bool(torch.isfinite(parts.latents).all()):
+            self._update_prototypes(parts.latents.detach(), parts.present, labels.to(parts.latents.dtype))
+        self.shuffle_state[1] += 1
 
     # --- pieces of the forward pass ------------------------------------------------------------------
     def _encode_units(self, m: int, x: torch.Tensor, mask: torch.Tensor, present: torch.Tensor) -> torch.Tensor:
@@ -509,11 +584,14 @@ class RamerModel(nn.Module):
     def _prototype_padding(self, latents: torch.Tensor, present: torch.Tensor) -> torch.Tensor:
         """A stand-in U for every modality, decoded from its positive/negative prototypes mixed by how
         strongly the *present* modalities say each label is on (0.5 when none is present)."""
-        prototypes = self.prototypes.to(latents.dtype, copy=True)  # snapshot: updated in place after forward
+        prototypes = self.prototypes.to(latents.dtype, copy=True)  # snapshot: update_state() changes them in place
         normalized = F.normalize(latents, dim=-1)                                               # [B, 3, C, d]
         similarity = torch.einsum("bmcd,mcnd->bmcn", normalized, prototypes)
         positive = (similarity / self.config.prototype_temperature).softmax(dim=-1)[..., 0]     # [B, 3, C]
         vote = masked_mean_over_modalities(positive, present, empty_value=0.5)                  # [B, C]
+        if self.config.prototype_hard_at_eval and not self.training:
+            # the public code picks the closer prototype at evaluation (mixes only in training)
+            vote = torch.where(vote > 0.5, 1.0, torch.where(vote < 0.5, 0.0, 0.5)).to(vote.dtype)
         mixed = (vote[:, None, :, None] * prototypes[None, :, :, 0]
                  + (1 - vote[:, None, :, None]) * prototypes[None, :, :, 1])                    # [B, 3, C, d]
         return torch.stack([ae.decoder(mixed[:, m]) for m, ae in enumerate(self.autoencoders)], dim=1)
@@ -546,33 +624,35 @@ class RamerModel(nn.Module):
             logits, labels[sample_index, label_index], valid[sample_index, modality_index]
         )
 
-    def _adversarial_losses(self, units, beta, present, beta_valid, labels, add) -> None:
-        config = self.config
+    def _adversarial_losses(self, units, beta, present, beta_valid, labels) -> dict[str, torch.Tensor]:
         private = [self.private_extractors[m](units[:, m]) for m in range(NUM_MODALITIES)]   # [B, C, H] each
         common = [self.common_extractor(beta[:, m]) for m in range(NUM_MODALITIES)]
         # discriminator learns modality from private features; through the reversal it is fooled by common
-        add("adversarial", config.weight_adversarial, lambda: sum(
+        adversarial = sum(
             masked_cross_entropy(self.discriminator(private[m]), m, present[:, m, None])
             + masked_cross_entropy(self.discriminator(reverse_gradient(common[m])), m, beta_valid[:, m, None])
             for m in range(NUM_MODALITIES)
-        ))
+        )
         pairs = [(0, 1), (0, 2), (1, 2)]
-        add("orthogonality", config.weight_orthogonality, lambda: sum(
+        orthogonality = sum(
             orthogonality_loss(private[i], private[j], present[:, i] & present[:, j]) for i, j in pairs
-        ) + sum(orthogonality_loss(common[m], private[m], present[:, m]) for m in range(NUM_MODALITIES)))
+        ) + sum(orthogonality_loss(common[m], private[m], present[:, m]) for m in range(NUM_MODALITIES))
         common_feature = sum(common[m] * beta_valid[:, m, None, None] for m in range(NUM_MODALITIES))  # [B, C, H]
         common_logits = torch.einsum("bch,ch->bc", common_feature, self.common_weight) + self.common_bias
-        add("common_clf", config.weight_common_clf, lambda: masked_bce_with_logits(common_logits, labels))
+        return {"adversarial": adversarial, "orthogonality": orthogonality,
+                "common_clf": masked_bce_with_logits(common_logits, labels)}
 
-    def _contrastive_views(self, units, aug, beta, present, beta_valid, labels, latents):
-        """The 9 views {U, aug, beta} x modality as normalised latents with class id
-        (modality, label, label on/off): id = (2 m + off) C + c. Views of absent modalities' U are left out."""
+    def _contrastive_views(self, parts: RamerParts, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The 9 views {U, aug, beta} x modality as normalised latents [N, d] with class id [N]
+        (modality, label, label on/off): id = (2 m + off) C + c, the public code's ``get_cl_labels``.
+        Views of absent modalities' U are left out. Rows are ordered view, sample, modality, label."""
         c = self.config.num_labels
-        views = [(latents if latents is not None else self._project(units), present)]
-        if aug is not None:
-            views += [(self._project(aug), torch.ones_like(present)), (self._project(beta), beta_valid)]
+        present, beta_valid = parts.present, parts.beta_valid
+        views = [(parts.latents if parts.latents is not None else self._project(parts.units), present)]
+        if parts.aug is not None:
+            views += [(self._project(parts.aug), torch.ones_like(present)), (self._project(parts.beta), beta_valid)]
         else:  # without cross-modal reconstruction beta is U itself where present: add only the filled ones
-            views += [(self._project(beta), beta_valid & ~present)]
+            views += [(self._project(parts.beta), beta_valid & ~present)]
         modality = torch.arange(NUM_MODALITIES, device=labels.device)[None, :, None]            # [1, 3, 1]
         label = torch.arange(c, device=labels.device)[None, None, :]                            # [1, 1, C]
         ids = (2 * modality + (labels[:, None, :] < 0.5).long()) * c + label                   # [B, 3, C]
@@ -624,6 +704,9 @@ class RamerModel(nn.Module):
                     f"RamerBatch.{name} has {x.shape[-2]} time steps, more than config.max_positions="
                     f"{config.max_positions}; cut or pool the sequence"
                 )
+        if batch.exists is not None and batch.exists.shape != batch.present.shape[:3]:
+            raise RamerInputError(f"RamerBatch.exists has shape {tuple(batch.exists.shape)}; expected [B, P, S] = "
+                                  f"{tuple(batch.present.shape[:3])}")
         if batch.labels is not None and batch.labels.shape != (batch.batch_size, config.num_labels):
             raise RamerInputError(
                 f"RamerBatch.labels has shape {tuple(batch.labels.shape)}; expected "
@@ -650,4 +733,4 @@ def sum_over_modalities(loss_fn, prediction: torch.Tensor, target: torch.Tensor,
     return sum(loss_fn(prediction[:, m], target[:, m], present[:, m]) for m in range(NUM_MODALITIES))
 
 
-__all__ = ["RamerModel", "RamerOutput", "masked_mean", "masked_mean_over_modalities"]
+__all__ = ["RamerLoss", "RamerModel", "RamerOutput", "RamerParts", "masked_mean", "masked_mean_over_modalities"]

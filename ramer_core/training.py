@@ -2,6 +2,9 @@
 
 - AdamW (lr 5e-5, weight decay 0.01 on weights only), linear warm-up over the first 10 % of the
   steps then linear decay to 0, gradient clipping at norm 1.0, batch 64, seed 42 (DESIGN.md).
+- One step: ``out = model(batch)``, ``model.loss(out, labels).total`` backward, clip, optimiser step,
+  then ``model.update_state(out, labels)`` only when the step happened (a non-finite loss or
+  gradient, or a step the fp16 GradScaler skips, stores nothing in the queue or the prototypes).
 - Model selection: after every epoch the decision threshold is searched on validation
   (:func:`ramer_core.metrics.search_threshold`), and the epoch with the best validation micro-F1
   at its threshold is kept (its weights *and* buffers: prototypes, contrastive queue).
@@ -156,9 +159,10 @@ def predict(model: torch.nn.Module, dataset: RamerDataset, batch_size: int = 256
         batch = batch.to(device)
         with _autocast(device, mixed_precision):
             out = model(batch)
+            loss = model.loss(out, batch.labels).total if batch.labels is not None and hasattr(model, "loss") else None
         probs.append(out.probs.float().cpu())
-        if batch.labels is not None and getattr(out, "loss", None) is not None:
-            losses.append(float(out.loss))
+        if loss is not None:
+            losses.append(float(loss))
             weights.append(batch.batch_size)
     model.train(was_training)
     num_labels = len(dataset.label_names)
@@ -259,23 +263,32 @@ def _train(model: torch.nn.Module, train_set: RamerDataset, valid_set: RamerData
             batch = batch.to(device)
             with _autocast(device, config.mixed_precision):
                 out = model(batch)
-            loss = out.loss
-            if not torch.isfinite(loss):
-                log.warning("epoch %d step %d: non-finite loss %s, step skipped", epoch, step, float(loss))
+                loss = model.loss(out, batch.labels).total
+            stepped = False
+            if torch.isfinite(loss):
                 optimizer.zero_grad(set_to_none=True)
-                scheduler.step()
-                step += 1
-                continue
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.unscale_(optimizer)
-            torch.nn.utils.clip_grad_norm_(model.parameters(), config.max_grad_norm)
-            scaler.step(optimizer)
-            scaler.update()
+                scaler.scale(loss).backward()
+                scaler.unscale_(optimizer)
+                grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), config.max_grad_norm)
+                scale_before = scaler.get_scale() if use_scaler else None
+                if use_scaler:
+                    scaler.step(optimizer)  # skips the step itself when a gradient is inf/NaN
+                    scaler.update()
+                    stepped = scaler.get_scale() >= scale_before  # the scale drops exactly when it skipped
+                elif torch.isfinite(grad_norm):
+                    optimizer.step()
+                    stepped = True
+            if not stepped:
+                log.warning("epoch %d step %d: non-finite loss or gradient (loss %s), step skipped",
+                            epoch, step, float(loss))
+                optimizer.zero_grad(set_to_none=True)
+            else:
+                # queue, prototypes and shuffle step move only after a step that really happened
+                model.update_state(out, batch.labels)
+                running += loss.item() * batch.batch_size
+                seen += batch.batch_size
             scheduler.step()
             step += 1
-            running += loss.item() * batch.batch_size
-            seen += batch.batch_size
             if progress is not None:
                 progress({"stage": "step", "epoch": epoch, "step": step, "total_steps": total_steps,
                           "loss": loss.item()})

@@ -202,13 +202,16 @@ def collate(samples: Sequence[RamerSample]) -> RamerBatch:
     labels = None
     if all(s.labels is not None for s in samples):
         labels = torch.stack([s.labels for s in samples])
+    # the cells each sample really has; the padding persons and segments are marked False
+    exists = torch.stack([_pad_to(torch.ones(s.present.shape[:2], dtype=torch.bool), (persons, segments))
+                          for s in samples])
     return RamerBatch(
         text=stacked["text"], visual=stacked["visual"], acoustic=stacked["acoustic"],
         text_mask=stacked["text_mask"], visual_mask=stacked["visual_mask"],
         acoustic_mask=stacked["acoustic_mask"], present=present,
         target_person=torch.tensor([s.target_person for s in samples], dtype=torch.long),
         target_segment=torch.tensor([s.target_segment for s in samples], dtype=torch.long),
-        personality=personality, personality_present=personality_present, labels=labels,
+        personality=personality, personality_present=personality_present, labels=labels, exists=exists,
     )
 
 

@@ -48,3 +48,22 @@ def party_batch(config: RamerConfig, b: int = 3, p: int = 3, s: int = 2, t: int 
         personality_present=torch.tensor([[True, False, True], [True, True, True], [False, True, True]])[:b, :p],
         labels=(torch.rand(b, config.num_labels, generator=g) > 0.5).float(),
     )
+
+
+def forward_and_loss(model, batch):
+    """``model(batch)`` and its weighted loss (``RamerModel.loss``)."""
+    out = model(batch)
+    return out, model.loss(out, batch.labels)
+
+
+def train_steps(model, batches, lr: float = 1e-3):
+    """Plain training steps as the trainer takes them: loss, backward, AdamW step, update_state."""
+    optimizer = torch.optim.AdamW(model.param_groups(), lr=lr)
+    model.train()
+    for batch in batches:
+        out, loss = forward_and_loss(model, batch)
+        loss.total.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+        model.update_state(out, batch.labels)
+    return model
