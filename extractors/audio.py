@@ -15,6 +15,7 @@ import av
 import numpy as np
 
 from extractors.errors import MediaError
+from extractors.media import header_end, timeline_origin
 
 log = logging.getLogger(__name__)
 
@@ -37,9 +38,13 @@ def load_audio(
 ) -> np.ndarray:
     """Decodes the first audio stream of `path` to mono float32 in [-1, 1] at `sample_rate`.
 
-    `start`/`end` (seconds) cut a span; the returned array starts at `start`. A file without an
-    audio stream gives an empty array and a warning, or MediaError when `require_audio` is set.
-    Missing, unreadable or corrupt files raise MediaError.
+    Sample 0 is the first frame of the video (see :func:`extractors.media.timeline_origin`; for an
+    audio file, the start of the audio): audio that starts later is preceded by silence, audio that
+    starts earlier is cut, so sample times and frame times agree. `start`/`end` (seconds, same
+    timeline) cut a span; the returned array starts at `start`. A file without an audio stream gives
+    an empty array and a warning, or MediaError when `require_audio` is set. A file that ends before
+    its header says (truncated) gives what is there and a warning. Missing, unreadable or corrupt
+    files raise MediaError.
     """
     path = Path(path)
     with _open(path) as container:
@@ -51,33 +56,74 @@ def load_audio(
             return np.zeros(0, dtype=np.float32)
         stream = container.streams.audio[0]
         stream.thread_type = "AUTO"
+        origin = timeline_origin(container)
+        span_start = start or 0.0
+        header = header_end(container, stream)
+        expected_end = None if header is None else header - origin       # seconds from the origin
+        known_end = min(e for e in (end, expected_end, float("inf")) if e is not None)
+        output = _Output(sample_rate * (known_end - span_start + 2.0) if np.isfinite(known_end) else 0)
         resampler = av.AudioResampler(format="flt", layout="mono", rate=sample_rate)
-        chunks: list[np.ndarray] = []
+        position: int | None = None   # output index of the next resampled sample
+        stopped_early = False
         try:
             # No seeking for `start`: the resampler's sample grid would then depend on where the
             # seek landed, and a span would differ from the same slice of the full decode.
             # Decoding compressed audio runs at several hundred times real time.
-            first_time: float | None = None
             for frame in container.decode(stream):
-                if first_time is None:
-                    first_time = float(frame.time) if frame.time is not None else 0.0
+                if position is None:
+                    first_time = float(frame.time) if frame.time is not None else origin
+                    position = int(round((first_time - origin - span_start) * sample_rate))
                 for resampled in resampler.resample(frame):
-                    chunks.append(resampled.to_ndarray().reshape(-1))
-                if end is not None and frame.time is not None and frame.time > end:
+                    position = output.put(position, resampled.to_ndarray().reshape(-1))
+                if end is not None and frame.time is not None and frame.time - origin > end:
+                    stopped_early = True
                     break
-            for resampled in resampler.resample(None):  # flush the resampler's buffer
-                chunks.append(resampled.to_ndarray().reshape(-1))
         except (av.error.FFmpegError, ValueError) as error:
-            raise MediaError(f"cannot decode the audio of {path}: {error}; the file may be corrupt") from error
-    audio = np.concatenate(chunks).astype(np.float32, copy=False) if chunks else np.zeros(0, np.float32)
-    # Index 0 of the result is time `start` (or 0): trim decoded samples before it, and pad with
-    # silence when the stream starts later (mp4 audio often begins a few ms after the video).
-    origin = start or 0.0
-    lead = int(round(((first_time or 0.0) - origin) * sample_rate))
-    audio = np.concatenate([np.zeros(lead, np.float32), audio]) if lead > 0 else audio[-lead:]
+            if position is None:
+                raise MediaError(f"cannot decode the audio of {path}: {error}; the file may be corrupt") from error
+            stopped_early = True
+            log.warning("%s: audio decoding stopped after %.2f s (%s); the file looks truncated",
+                        path, span_start + position / sample_rate, error)
+        if position is not None:
+            for resampled in resampler.resample(None):  # flush the resampler's buffer
+                position = output.put(position, resampled.to_ndarray().reshape(-1))
+    length = max(0, position or 0)
     if end is not None:
-        audio = audio[: max(0, int(round((end - origin) * sample_rate)))]
-    return np.clip(audio, -1.0, 1.0)
+        length = min(length, max(0, int(round((end - span_start) * sample_rate))))
+    decoded_end = span_start + (position or 0) / sample_rate
+    if not stopped_early and expected_end is not None and decoded_end < expected_end - 1.0:
+        log.warning("%s: audio data ends at %.2f s but the header says %.2f s; the file looks truncated",
+                    path, decoded_end, expected_end)
+    return output.result(length)
+
+
+class _Output:
+    """The decoded signal, written in place into one buffer sized from the header.
+
+    A list of decoded chunks joined at the end, then padded and clipped, held three or four copies of
+    the signal at once (an hour at 16 kHz is 230 MB per copy); this holds one. The buffer is
+    zero-filled lazily by the OS, so leading silence and unused headroom cost no memory.
+    """
+
+    def __init__(self, capacity: float):
+        self.buffer = np.zeros(max(int(capacity), SAMPLE_RATE), np.float32)
+
+    def put(self, position: int, samples: np.ndarray) -> int:
+        """Writes ``samples`` at ``position`` (indices below 0 fall before the span and are dropped)."""
+        stop = position + len(samples)
+        if stop > len(self.buffer):   # the header under-stated the length: grow by half
+            grown = np.zeros(max(stop, len(self.buffer) * 3 // 2), np.float32)
+            grown[: len(self.buffer)] = self.buffer
+            self.buffer = grown
+        skip = max(0, -position)
+        if skip < len(samples):
+            self.buffer[position + skip: stop] = samples[skip:]
+        return stop
+
+    def result(self, length: int) -> np.ndarray:
+        audio = self.buffer[:length]
+        np.clip(audio, -1.0, 1.0, out=audio)
+        return audio
 
 
 def audio_duration(audio: np.ndarray, sample_rate: int = SAMPLE_RATE) -> float:

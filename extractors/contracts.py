@@ -41,6 +41,24 @@ class VideoInfo(_Serializable):
     has_audio: bool
     audio_sample_rate: int | None
     frame_count: int | None  # from the container; None when it does not say
+    # Stream starts in the container timeline (seconds). Every time elsewhere counts from video_start, the
+    # first video frame: MPEG-TS recordings start hours in, and audio may start before or after the video.
+    video_start: float = 0.0
+    audio_start: float | None = None  # None without audio, or when the container does not say
+
+    @classmethod
+    def from_dict(cls, data: dict) -> VideoInfo:
+        """Inverse of serialize(); a dict from before the stream starts were recorded reads as starting at 0."""
+        def optional(key: str, kind):
+            return None if data.get(key) is None else kind(data[key])
+
+        return cls(
+            path=str(data["path"]), duration=float(data["duration"]), fps=float(data["fps"]),
+            width=int(data["width"]), height=int(data["height"]), rotation=int(data["rotation"]),
+            has_audio=bool(data["has_audio"]), audio_sample_rate=optional("audio_sample_rate", int),
+            frame_count=optional("frame_count", int), video_start=float(data.get("video_start", 0.0)),
+            audio_start=optional("audio_start", float),
+        )
 
 
 @dataclass
