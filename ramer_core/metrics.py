@@ -3,10 +3,10 @@
 Definitions (the RAMer / TAILOR / CARAT papers' conventions, computed with scikit-learn):
 
 - ``accuracy``: Jaccard accuracy, the mean over samples of |y ∩ ŷ| / |y ∪ ŷ|
-  (``sklearn.metrics.jaccard_score(average="samples", zero_division=1.0)``). A sample whose label
-  set and prediction are *both empty* scores 1 (nothing to find, nothing claimed); an empty
-  prediction against a non-empty label set scores 0, and so does a non-empty prediction against
-  an empty label set (the union is non-empty, the intersection empty).
+  (``sklearn.metrics.jaccard_score(average="samples", zero_division=0.0)``). A sample whose label
+  set and prediction are *both empty* scores 0, as RAMer / CARAT / TAILOR's ``utils/eval.py``
+  ``get_accuracy`` does (it divides 0 by a union clamped to 1); CMU-MOSEI has such samples, so this
+  matters against the published tables. Any other empty side scores 0 too (empty intersection).
 - ``micro_f1``, ``macro_f1``, ``weighted_f1``: ``f1_score`` with that average. A label with no
   positives and no predictions contributes F1 = 0 to the macro/weighted means (scikit-learn's
   ``zero_division=0``); in the weighted mean its weight (support) is 0 anyway.
@@ -47,7 +47,7 @@ def multilabel_metrics(y_true: np.ndarray, y_pred: np.ndarray) -> dict[str, floa
     if y_true.shape[0] == 0:
         return {name: float("nan") for name in METRIC_NAMES}
     return {
-        "accuracy": float(jaccard_score(y_true, y_pred, average="samples", zero_division=1.0)),
+        "accuracy": float(jaccard_score(y_true, y_pred, average="samples", zero_division=0.0)),
         "micro_f1": float(f1_score(y_true, y_pred, average="micro", zero_division=0.0)),
         "macro_f1": float(f1_score(y_true, y_pred, average="macro", zero_division=0.0)),
         "weighted_f1": float(f1_score(y_true, y_pred, average="weighted", zero_division=0.0)),
@@ -58,12 +58,13 @@ def multilabel_metrics(y_true: np.ndarray, y_pred: np.ndarray) -> dict[str, floa
 
 
 def binarize(probs: np.ndarray, threshold: float | Sequence[float] | np.ndarray) -> np.ndarray:
-    """Multi-hot predictions: ``probs >= threshold`` (a scalar or one threshold per label)."""
+    """Multi-hot predictions: ``probs > threshold`` (a scalar or one threshold per label), strictly
+    greater as the public code's ``getBinaryTensor``."""
     probs = np.asarray(probs, dtype=np.float64)
     threshold = np.asarray(threshold, dtype=np.float64)
     if threshold.ndim == 1 and threshold.shape[0] != probs.shape[-1]:
         raise ValueError(f"{threshold.shape[0]} per-label thresholds for {probs.shape[-1]} labels")
-    return (probs >= threshold).astype(np.int64)
+    return (probs > threshold).astype(np.int64)
 
 
 @dataclass(frozen=True)

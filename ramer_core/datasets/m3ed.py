@@ -1,20 +1,29 @@
-"""M3ED (Zhao et al., ACL 2022) features in the DialogueRNN pickle layout.
+"""M3ED (Zhao et al., ACL 2022): the DialogueRNN-layout feature pickle, or CARAT's converted ``.pt``.
 
-The pickle holds a 9- or 10-item tuple/list (the layout DialogueRNN / MMGCN feature files use)::
+The pickle holds a 10-item tuple/list (9 without a validation split)::
 
     (videoIDs, videoSpeakers, videoLabels, videoText, videoAudio, videoVisual, videoSentence,
-     trainVid, testVid[, valVid])
+     trainVid, valVid, testVid)
 
-The first seven are dicts keyed by dialogue id: ``videoLabels[d]`` holds one entry per utterance,
-either a label index or a list of label indices (M3ED is multi-label); ``videoText/Audio/Visual[d]``
-hold one feature vector per utterance (a list of vectors or a [utterances, D] array). The split
-entries are collections of dialogue ids; without ``valVid`` a seeded 10 % of the training
-dialogues become the validation split. Each utterance is one sample, one person and one segment,
-each modality a single time step (T = 1), all present (every utterance has its speaker's voice,
-words and face track).
+as CARAT's ``utils/m3ed_reader.py`` reads it: items 7, 8, 9 are the train, validation and test
+dialogue ids (a 9-item file has train, test and a seeded 10 % of train becomes validation). The
+first seven are dicts keyed by dialogue id: ``videoLabels[d]`` holds one label index (or a list of
+them) per utterance; ``videoText/Audio/Visual[d]`` one feature vector per utterance.
 
-Label indices refer to ``label_names``; the default :data:`M3ED_LABELS` is the order of the
-M3ED paper's emotion list (pass ``label_names`` when your file numbers them otherwise).
+Sample unit, as in the published tables (CARAT, RAMer): **one sample is a whole dialogue**, its
+utterances as the time axis cut to the first ``max_utterances`` = 60, its labels the union of its
+utterances' labels (``unit="utterance"`` gives one sample per utterance instead, T = 1). Labels in
+CARAT's order (its tokens 4..10): Happy, Neutral, Sad, Disgust, Anger, Fear, Surprise
+(:data:`M3ED_LABELS`). Every modality is present (every utterance has its speaker's voice, words
+and face track); P = S = 1.
+
+CARAT's converted ``m3ed_data_60.pt`` (``torch.save`` of {"train", "valid", "test"} splits with
+``src-text`` [N, 60, 768], ``src-visual``, ``src-audio``, ``len_list`` and ``tgt`` token lists,
+tokens 4..10 = the 7 labels) is read as CMU-MOSEI's layout is, with ``len_list`` masking the padded
+utterances. Note: CARAT's converter fills ``src-visual`` from pickle item 4 (named videoAudio in
+M3ED's own layout, 1024-d) and ``src-audio`` from item 5 (videoVisual, 342-d); the ``.pt`` is read
+as its keys say (so CARAT's per-modality layer counts apply to the same tensors as in its runs), the
+pickle by M3ED's names.
 
 The pickle is read with a restricted unpickler: only builtin containers, numpy arrays and numpy
 scalars; anything else (which could run code) is refused with a RamerInputError.
@@ -35,9 +44,10 @@ from ramer_core.errors import RamerInputError
 
 log = logging.getLogger(__name__)
 
-M3ED_LABELS = ("happy", "surprise", "sad", "disgust", "anger", "fear", "neutral")
+M3ED_LABELS = ("happy", "neutral", "sad", "disgust", "anger", "fear", "surprise")  # CARAT tokens 4..10
 FIELDS = ("videoIDs", "videoSpeakers", "videoLabels", "videoText", "videoAudio", "videoVisual", "videoSentence",
-          "trainVid", "testVid", "valVid")
+          "trainVid", "valVid", "testVid")
+MAX_UTTERANCES = 60  # CARAT cuts every dialogue to its first 60 utterances
 
 _ALLOWED = {
     ("builtins", "set"), ("builtins", "frozenset"), ("builtins", "list"), ("builtins", "dict"),
@@ -94,14 +104,19 @@ def _features(value, utterances: int, where: str) -> torch.Tensor:
 
 
 def load_m3ed(path: str | Path, label_names: Sequence[str] = M3ED_LABELS, valid_fraction: float = 0.1,
-              seed: int = 42) -> DatasetSplits:
-    """Read an M3ED DialogueRNN-layout pickle into train / valid / test utterance samples."""
-    path = check_file(path, "M3ED feature pickle")
+              seed: int = 42, unit: str = "dialogue", max_utterances: int = MAX_UTTERANCES) -> DatasetSplits:
+    """Read M3ED: a ``.pt`` file is CARAT's converted layout, anything else the feature pickle."""
+    path = check_file(path, "M3ED feature file")
+    if path.suffix == ".pt":
+        return load_m3ed_converted(path)
+    if unit not in ("dialogue", "utterance"):
+        raise RamerInputError(f"M3ED sample unit must be dialogue or utterance, not {unit!r}")
     raw = load_data_pickle(path, "M3ED feature pickle")
     if not isinstance(raw, (list, tuple)) or len(raw) not in (9, 10):
-        raise RamerInputError(f"{path}: expected a 9- or 10-item tuple ({', '.join(FIELDS[:9])}[, valVid]), "
+        raise RamerInputError(f"{path}: expected a 9- or 10-item tuple ({', '.join(FIELDS)}; 9 items: no valVid), "
                               f"found {type(raw).__name__} of length {len(raw) if hasattr(raw, '__len__') else '?'}")
-    fields = dict(zip(FIELDS, raw, strict=False))
+    names = FIELDS if len(raw) == 10 else (*FIELDS[:8], "testVid")
+    fields = dict(zip(names, raw, strict=True))
     for name in FIELDS[:6]:
         if not isinstance(fields[name], dict):
             raise RamerInputError(f"{path}: {name} should be a dict keyed by dialogue id, "
@@ -109,7 +124,7 @@ def load_m3ed(path: str | Path, label_names: Sequence[str] = M3ED_LABELS, valid_
     label_names = tuple(label_names)
     dims: dict[str, int] = {}
 
-    def build(dialogues: Sequence, split: str) -> RamerDataset:
+    def build(dialogues: Sequence, split: str) -> list[RamerSample]:
         samples = []
         for dialogue in dialogues:
             if dialogue not in fields["videoLabels"]:
@@ -124,11 +139,19 @@ def load_m3ed(path: str | Path, label_names: Sequence[str] = M3ED_LABELS, valid_
                 size = per_modality[modality].shape[1]
                 if dims.setdefault(modality, size) != size:
                     raise RamerInputError(f"{where}: {name} vectors have {size} values, others {dims[modality]}")
-            for u, entry in enumerate(labels):
+            utterance_labels = [_utterance_labels(entry, len(label_names), label_names, f"{where} utterance {u}")
+                                for u, entry in enumerate(labels)]
+            if unit == "dialogue":
+                # CARAT: the whole dialogue labels (union over all its utterances), features cut to 60
+                union = torch.stack(utterance_labels).amax(dim=0) if utterance_labels else torch.zeros(len(label_names))
+                cut = {m: x[:max_utterances] for m, x in per_modality.items()}
+                samples.append(RamerSample.single(cut["text"], cut["visual"], cut["acoustic"], labels=union,
+                                                  present=(True, True, True), key=str(dialogue)))
+                continue
+            for u, target in enumerate(utterance_labels):
                 samples.append(RamerSample.single(
                     per_modality["text"][u:u + 1], per_modality["visual"][u:u + 1], per_modality["acoustic"][u:u + 1],
-                    labels=_utterance_labels(entry, len(label_names), label_names, f"{where} utterance {u}"),
-                    present=(True, True, True), key=f"{dialogue}:{u}"))
+                    labels=target, present=(True, True, True), key=f"{dialogue}:{u}"))
         return samples
 
     def ids(name: str) -> list:
@@ -139,7 +162,7 @@ def load_m3ed(path: str | Path, label_names: Sequence[str] = M3ED_LABELS, valid_
             raise RamerInputError(f"{path}: {name} is not a collection of dialogue ids") from None
 
     train_ids, test_ids = ids("trainVid"), ids("testVid")
-    if "valVid" in fields and fields["valVid"] is not None:
+    if fields.get("valVid") is not None:
         valid_ids = ids("valVid")
     else:
         order = np.random.RandomState(seed).permutation(len(train_ids))
@@ -150,5 +173,12 @@ def load_m3ed(path: str | Path, label_names: Sequence[str] = M3ED_LABELS, valid_
     feature_dims = FeatureDims(dims.get("text", 0), dims.get("visual", 0), dims.get("acoustic", 0))
     splits = {k: RamerDataset(v, label_names, feature_dims, name=f"m3ed:{k}", source=str(path))
               for k, v in built.items()}
-    log.info("read M3ED from %s: %s", path, ", ".join(f"{k} {len(v)}" for k, v in splits.items()))
+    log.info("read M3ED (%s samples) from %s: %s", unit, path, ", ".join(f"{k} {len(v)}" for k, v in splits.items()))
     return DatasetSplits(**splits)
+
+
+def load_m3ed_converted(path: str | Path) -> DatasetSplits:
+    """CARAT's converted M3ED ``.pt`` (MOSEI layout, 7 labels as tokens 4..10, ``len_list`` lengths)."""
+    from ramer_core.datasets.mosei import load_token_layout
+
+    return load_token_layout(path, M3ED_LABELS, "m3ed", "M3ED converted file (m3ed_data_60.pt)")

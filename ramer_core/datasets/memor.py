@@ -7,8 +7,8 @@
     data.json        {clip: {"start": s, "seg_start": [..], "seg_end": [..], "speakers": [char per seg],
                              "seg_ori_ind": [index per seg], "on_character": [chars on screen]}}
     train_id.txt     indices into the annotation list, one per line (test_id.txt likewise)
-    features/audio_features.json   {"<clip>+<seg_ori_ind>": [6373 floats]}  (openSMILE; may lack keys)
-    features/text_features.json    {"<clip>+<seg_ori_ind>": [1024 floats]}  (BERT-large)
+    features/audio_features.json   {"<clip>+<seg_ori_ind[ii]>": [6373 floats]}  (openSMILE; may lack keys)
+    features/text_features.json    {"<clip>+<ii>": [1024 floats]}  (BERT-large; ii = segment index in the clip)
     features/character_features.csv  one line of 118 comma-separated floats per character
     features/visual_features/face_names/<clip>.txt          tab-separated "<frame>_<Name>.jpg"
     features/visual_features/face_features/<clip>.pt        [faces, 1024]
@@ -161,12 +161,13 @@ class _MemorFeatures:
             for s, speaker in enumerate(info["speakers"]):
                 if speaker != character:
                     continue
-                index = f"{clip}+{info['seg_ori_ind'][s]}"
-                if index in self.text:
-                    text[p, s, 0] = self._vector(self.text, index, self.text_dim, "text")
+                # as the official extractors: text keyed by the segment index, audio by its original index
+                text_key, audio_key = f"{clip}+{s}", f"{clip}+{info['seg_ori_ind'][s]}"
+                if text_key in self.text:
+                    text[p, s, 0] = self._vector(self.text, text_key, self.text_dim, "text")
                     present[p, s, 0] = True
-                if index in self.audio:
-                    audio[p, s, 0] = self._vector(self.audio, index, self.audio_dim, "audio")
+                if audio_key in self.audio:
+                    audio[p, s, 0] = self._vector(self.audio, audio_key, self.audio_dim, "audio")
                     present[p, s, 2] = True
         visual_grid, visual_valid = self._visual(clip, characters, segments)
         present[..., 1] = visual_valid

@@ -77,22 +77,24 @@ def _as_array(value, path: Path, split: str, key: str, dim: int | None) -> torch
     return torch.nan_to_num(array, nan=0.0, posinf=0.0, neginf=0.0)
 
 
-def _labels_from_tokens(tokens, path: Path, split: str, index: int) -> torch.Tensor:
-    labels = torch.zeros(len(MOSEI_LABELS))
+def _labels_from_tokens(tokens, path: Path, split: str, index: int,
+                        label_names: tuple[str, ...] = MOSEI_LABELS) -> torch.Tensor:
+    labels = torch.zeros(len(label_names))
     try:
         inner = [int(t) for t in list(tokens)[1:-1]]
     except (TypeError, ValueError):
         raise RamerInputError(f"{path}: {split}/tgt[{index}] is not a list of label tokens") from None
     for token in inner:
         label = token - FIRST_EMOTION_TOKEN
-        if not 0 <= label < len(MOSEI_LABELS):
+        if not 0 <= label < len(label_names):
             raise RamerInputError(f"{path}: {split}/tgt[{index}] holds token {token}; emotion tokens are "
-                                  f"{FIRST_EMOTION_TOKEN}..{FIRST_EMOTION_TOKEN + len(MOSEI_LABELS) - 1}")
+                                  f"{FIRST_EMOTION_TOKEN}..{FIRST_EMOTION_TOKEN + len(label_names) - 1}")
         labels[label] = 1.0
     return labels
 
 
-def read_mosei_split(data: dict, split: str, path: Path, expected_dims: FeatureDims | None = None) -> RamerDataset:
+def read_mosei_split(data: dict, split: str, path: Path, expected_dims: FeatureDims | None = None,
+                     label_names: tuple[str, ...] = MOSEI_LABELS, name: str = "mosei-aligned") -> RamerDataset:
     if split not in data or not isinstance(data[split], dict):
         raise RamerInputError(f"{path}: no {split!r} split (expected a dict with keys {', '.join(SPLITS)})")
     part = data[split]
@@ -105,25 +107,36 @@ def read_mosei_split(data: dict, split: str, path: Path, expected_dims: FeatureD
     targets = list(part["tgt"])
     if len(set(count.values()) | {len(targets)}) != 1:
         raise RamerInputError(f"{path}: {split} sample counts differ: {count}, tgt {len(targets)}")
-    samples = [
-        RamerSample.single(arrays["text"][i], arrays["visual"][i], arrays["acoustic"][i],
-                           labels=_labels_from_tokens(targets[i], path, split, i), present=(True, True, True),
-                           key=f"{split}:{i}")
-        for i in range(len(targets))
-    ]
+    lengths = part.get("len_list")  # CARAT's converted M3ED: utterances before the zero padding
+    if lengths is not None and len(lengths) != len(targets):
+        raise RamerInputError(f"{path}: {split}/len_list has {len(lengths)} entries for {len(targets)} samples")
+    steps = arrays["text"].shape[1]
+    samples = []
+    for i in range(len(targets)):
+        keep = steps if lengths is None else max(1, min(steps, int(lengths[i])))
+        samples.append(RamerSample.single(arrays["text"][i, :keep], arrays["visual"][i, :keep],
+                                          arrays["acoustic"][i, :keep],
+                                          labels=_labels_from_tokens(targets[i], path, split, i, label_names),
+                                          present=(True, True, True), key=f"{split}:{i}"))
     dims = FeatureDims(arrays["text"].shape[2], arrays["visual"].shape[2], arrays["acoustic"].shape[2])
-    return RamerDataset(samples, MOSEI_LABELS, dims, name=f"mosei-aligned:{split}", source=str(path))
+    return RamerDataset(samples, label_names, dims, name=f"{name}:{split}", source=str(path))
 
 
 def load_mosei_aligned(path: str | Path) -> DatasetSplits:
     """Read the three splits of a TAILOR/CARAT ``train_valid_test.pt``."""
-    path = check_file(path, "CMU-MOSEI aligned file (train_valid_test.pt)")
-    data = safe_torch_load(path, "CMU-MOSEI aligned file")
+    return load_token_layout(path, MOSEI_LABELS, "mosei-aligned", "CMU-MOSEI aligned file (train_valid_test.pt)")
+
+
+def load_token_layout(path: str | Path, label_names: tuple[str, ...], name: str, what: str) -> DatasetSplits:
+    """The TAILOR/CARAT layout: {"train", "valid", "test"} splits of src-* arrays and tgt token lists."""
+    path = check_file(path, what)
+    data = safe_torch_load(path, what)
     if not isinstance(data, dict):
         raise RamerInputError(f"{path}: expected a dict of splits {SPLITS}, found {type(data).__name__}")
-    train = read_mosei_split(data, "train", path)
+    train = read_mosei_split(data, "train", path, label_names=label_names, name=name)
     splits = {"train": train}
     for split in ("valid", "test"):
-        splits[split] = read_mosei_split(data, split, path, expected_dims=train.dims)
+        splits[split] = read_mosei_split(data, split, path, expected_dims=train.dims, label_names=label_names,
+                                         name=name)
     log.info("read %s: %s", path, ", ".join(f"{k} {len(v)}" for k, v in splits.items()))
     return DatasetSplits(**splits)

@@ -38,7 +38,10 @@ def memor_root(tmp_path):
     (root / "data.json").write_text(json.dumps(data))
     (root / "train_id.txt").write_text("0\n1\n2\n3\n4\n5\n")
     (root / "test_id.txt").write_text("2\n3\n")
-    text = {"c1+5": [1.0, 2.0, 3.0, 4.0], "c1+6": [5.0, 6.0, 7.0, 8.0], "c2+0": [9.0, 9.0, 9.0, 9.0]}
+    # the official extractors key text by the segment's index in the clip (clip+ii) and audio by its
+    # original index (clip+seg_ori_ind[ii]); the c1+5 / c1+6 text entries are decoys of other segments
+    text = {"c1+0": [1.0, 2.0, 3.0, 4.0], "c1+1": [5.0, 6.0, 7.0, 8.0], "c2+0": [9.0, 9.0, 9.0, 9.0],
+            "c1+5": [-1.0] * 4, "c1+6": [-2.0] * 4}
     audio = {"c1+5": [0.5] * 5, "c2+0": [0.25] * 5}  # c1+6 missing: penny's segment has no audio
     (root / "features" / "text_features.json").write_text(json.dumps(text))
     (root / "features" / "audio_features.json").write_text(json.dumps(audio))
@@ -67,7 +70,9 @@ def test_reads_multi_person_samples(memor_root):
     assert (sheldon.target_person, sheldon.target_segment) == (0, 0)  # characters sorted: sheldon(0), penny(4)
     assert sheldon.present.tolist() == [[[True, True, True], [False, False, False]],
                                         [[False, False, False], [True, True, False]]]
-    assert sheldon.text[1, 1, 0].tolist() == [5.0, 6.0, 7.0, 8.0]
+    assert sheldon.text[0, 0, 0].tolist() == [1.0, 2.0, 3.0, 4.0]  # text of segment 0: key c1+0
+    assert sheldon.text[1, 1, 0].tolist() == [5.0, 6.0, 7.0, 8.0]  # penny's segment 1: c1+1, not c1+6
+    assert sheldon.acoustic[0, 0, 0].tolist() == [0.5] * 5          # audio of segment 0: key c1+5
     faces = torch.arange(27 * 3, dtype=torch.float32).reshape(-1, 3)
     objects = torch.arange(200, dtype=torch.float32).reshape(100, 2)
     end = int(2 * 23.976)
