@@ -69,3 +69,43 @@ def test_missing_and_corrupt_files_raise_media_error(tmp_path):
     corrupt.write_bytes(np.random.default_rng(0).integers(0, 255, 5000, dtype=np.uint8).tobytes())
     with pytest.raises(MediaError, match="corrupt"):
         load_audio(corrupt)
+
+
+def _write_noisy_clip(path, seconds: float = 4.0, options: dict | None = None) -> None:
+    """Random-picture H.264 + noise AAC, so that the data is spread evenly over the file."""
+    rng = np.random.default_rng(0)
+    with av.open(str(path), "w", options=options or {}) as container:
+        video = container.add_stream("libx264", rate=25)
+        video.width, video.height, video.pix_fmt = 160, 120, "yuv420p"
+        audio = container.add_stream("aac", rate=16000)
+        audio.layout = "mono"
+        for _ in range(int(seconds * 25)):
+            image = rng.integers(0, 255, (120, 160, 3), dtype=np.uint8)
+            for packet in video.encode(av.VideoFrame.from_ndarray(image, format="rgb24")):
+                container.mux(packet)
+        for packet in video.encode():
+            container.mux(packet)
+        noise = (rng.standard_normal(int(seconds * 16000)) * 0.3).astype(np.float32)
+        for first in range(0, len(noise), 1024):
+            frame = av.AudioFrame.from_ndarray(noise[None, first: first + 1024], format="flt", layout="mono")
+            frame.sample_rate, frame.pts = 16000, first
+            for packet in audio.encode(frame):
+                container.mux(packet)
+        for packet in audio.encode():
+            container.mux(packet)
+
+
+@pytest.mark.parametrize("name,options", [("clip.mp4", {"movflags": "faststart"}), ("clip.mkv", None)])
+def test_a_truncated_file_gives_what_is_there_and_warns(tmp_path, caplog, name, options):
+    whole = tmp_path / name
+    _write_noisy_clip(whole, options=options)   # mp4 with its header first, else a cut one cannot be opened
+    with caplog.at_level(logging.WARNING, logger="extractors.audio"):
+        assert len(load_audio(whole)) / SAMPLE_RATE == pytest.approx(4.0, abs=0.1)
+    assert "truncated" not in caplog.text
+    data = whole.read_bytes()
+    cut = tmp_path / f"cut_{name}"
+    cut.write_bytes(data[: len(data) // 2])
+    with caplog.at_level(logging.WARNING, logger="extractors.audio"):
+        audio = load_audio(cut)
+    assert 0.5 < len(audio) / SAMPLE_RATE < 3.5
+    assert "looks truncated" in caplog.text and cut.name in caplog.text

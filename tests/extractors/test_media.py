@@ -133,3 +133,29 @@ def test_a_file_cut_mid_stream_yields_what_is_there_and_warns(tmp_path, caplog):
     with caplog.at_level("WARNING", logger="extractors.media"):
         assert len(list(iter_frames(path, fps=None))) == 100
     assert "truncated" not in caplog.text
+
+
+def test_a_cut_matroska_file_warns_too(tmp_path, caplog):
+    # Matroska keeps no per-stream duration; the segment duration in its header is what was promised.
+    path = tmp_path / "whole.mkv"
+    rng = np.random.default_rng(0)
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("libx264", rate=25)
+        stream.width, stream.height, stream.pix_fmt = 160, 120, "yuv420p"
+        for _ in range(100):
+            frame = av.VideoFrame.from_ndarray(rng.integers(0, 255, (120, 160, 3), dtype=np.uint8), format="rgb24")
+            for packet in stream.encode(frame):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    with caplog.at_level("WARNING", logger="extractors.media"):
+        assert len(list(iter_frames(path, fps=None))) == 100
+    assert "truncated" not in caplog.text
+    data = path.read_bytes()
+    cut = tmp_path / "cut.mkv"
+    cut.write_bytes(data[: len(data) // 2])
+    assert probe(cut).duration == pytest.approx(4.0)
+    with caplog.at_level("WARNING", logger="extractors.media"):
+        frames = list(iter_frames(cut, fps=None))
+    assert 20 < len(frames) < 100
+    assert "looks truncated" in caplog.text
