@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import stat
+
 import pytest
 import torch
 
@@ -33,3 +36,23 @@ def test_torch_threads_is_scoped_even_on_error():
     assert torch.get_num_threads() == before
     with torch_threads(None):
         assert torch.get_num_threads() == before
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o077, 0o002])
+def test_written_files_get_the_permissions_the_umask_gives(tmp_path, umask):
+    # mkstemp makes its file 0600; a checkpoint, RTTM or JSON must be as readable as any other new file.
+    previous = os.umask(umask)
+    try:
+        target = write_atomically(tmp_path / "turns.rttm", lambda temporary: temporary.write_text("x\n"))
+        plain = tmp_path / "plain.txt"
+        plain.write_text("x\n")
+    finally:
+        os.umask(previous)
+    assert stat.S_IMODE(target.stat().st_mode) == 0o666 & ~umask == stat.S_IMODE(plain.stat().st_mode)
+
+
+def test_a_rewritten_file_keeps_its_mode(tmp_path):
+    target = write_atomically(tmp_path / "config.json", lambda temporary: temporary.write_text("{}"))
+    target.chmod(0o640)
+    write_atomically(target, lambda temporary: temporary.write_text('{"a": 1}'))
+    assert stat.S_IMODE(target.stat().st_mode) == 0o640 and target.read_text() == '{"a": 1}'
