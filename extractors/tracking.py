@@ -4,7 +4,8 @@ Online: feed each sampled frame's detections with :meth:`FaceTracker.update` in 
 are assigned to live tracks of the same shot by the Hungarian algorithm (scipy) on a cost mixing box
 overlap and the similarity of a small grey-level appearance patch; a track survives missed detections for
 ``max_gap_seconds`` (gaps bridged), a cut ends every track, and tracks with too few detections are
-dropped as spurious when the tracker finishes.
+dropped as spurious. :meth:`FaceTracker.take_closed` reports tracks as they close, so callers can finish
+the work of a track (identity chips) then and hold nothing per track until the end of the video.
 """
 
 from __future__ import annotations
@@ -71,17 +72,32 @@ class _LiveTrack:
 
 
 @dataclass
+class ClosedTracks:
+    """Tracks closed since the last :meth:`FaceTracker.take_closed`."""
+
+    kept: list[FaceTrack]   # with at least ``min_detections`` detections, in the order they closed
+    dropped: list[str]      # ids of tracks too short to keep (spurious), now forgotten
+
+
+@dataclass
 class FaceTracker:
     config: TrackerConfig = field(default_factory=TrackerConfig)
 
     def __post_init__(self):
         self._live: list[_LiveTrack] = []
-        self._finished: list[FaceTrack] = []
+        self._finished: list[FaceTrack] = []   # every kept closed track, for finish()
+        self._closed: list[FaceTrack] = []     # closed since the last take_closed()
         self._shot: int | None = None
         self._next_id = 0
 
+    def _close(self, lives: list[_LiveTrack]) -> None:
+        for live in lives:
+            self._closed.append(live.track)
+            if len(live.track.detections) >= self.config.min_detections:
+                self._finished.append(live.track)
+
     def _close_all(self) -> None:
-        self._finished.extend(live.track for live in self._live)
+        self._close(self._live)
         self._live = []
 
     def update(self, t: float, shot: int, detections: list[FaceDetection], image: np.ndarray | None = None) -> list[str]:
@@ -95,7 +111,7 @@ class FaceTracker:
             self._shot = shot
         # Tracks whose face has been missing too long are closed.
         expired = [live for live in self._live if t - live.last_t > cfg.max_gap_seconds]
-        self._finished.extend(live.track for live in expired)
+        self._close(expired)
         self._live = [live for live in self._live if t - live.last_t <= cfg.max_gap_seconds]
         if not detections:
             return []
@@ -146,20 +162,22 @@ class FaceTracker:
         score = (1 - cfg.appearance_weight) * iou + cfg.appearance_weight * appearance
         return np.where(allowed, 1.0 - 0.999 * score, 1e6)
 
-    def discard_spurious(self) -> list[str]:
-        """Forgets closed tracks too short to keep and returns their ids (so callers can free what they hold)."""
-        short = [t.id for t in self._finished if len(t.detections) < self.config.min_detections]
-        self._finished = [t for t in self._finished if len(t.detections) >= self.config.min_detections]
-        return short
+    def take_closed(self) -> ClosedTracks:
+        """The tracks that closed (gap, cut or :meth:`finish`) since the last call, kept and dropped."""
+        closed, self._closed = self._closed, []
+        kept = [t for t in closed if len(t.detections) >= self.config.min_detections]
+        return ClosedTracks(kept, [t.id for t in closed if len(t.detections) < self.config.min_detections])
 
     def finish(self) -> list[FaceTrack]:
-        """All tracks with at least ``min_detections`` detections, ordered by start time."""
+        """Closes every live track; returns all tracks with at least ``min_detections`` detections by start time.
+
+        The tracks closed by this call are still reported by the next :meth:`take_closed`.
+        """
         self._close_all()
-        kept = [track for track in self._finished if len(track.detections) >= self.config.min_detections]
-        dropped = len(self._finished) - len(kept)
+        kept, self._finished = self._finished, []
+        dropped = sum(1 for t in self._closed if len(t.detections) < self.config.min_detections)
         if dropped:
             log.debug("dropped %d spurious tracks (fewer than %d detections)", dropped, self.config.min_detections)
-        self._finished = []
         return sorted(kept, key=lambda tr: (tr.start, int(tr.id[1:])))
 
 

@@ -11,18 +11,26 @@ import numpy as np
 import pytest
 import torch
 
-from extractors.contracts import FaceDetection
+from extractors.contracts import FaceDetection, FaceTrack
 from extractors.errors import ExtractorError, MediaError, ModelNotFoundError
 from extractors.identity import (
+    ChipGate,
     DlibFaceEmbedder,
+    TrackChips,
+    TrackIdentity,
+    build_characters,
     cluster_embeddings,
     co_occurring_pairs,
+    face_region,
     load_cast,
     load_face_embedder,
     name_characters,
     read_cast_file,
+    track_distances,
 )
 from extractors.media import iter_frames
+from extractors.tracking import FaceTracker
+from tests.extractors import edited_media as em
 
 
 @pytest.fixture(scope="module")
@@ -132,26 +140,38 @@ def test_embedder_falls_back_to_dlib_without_facenet_weights(tmp_path, monkeypat
         load_face_embedder("facenet")
 
 
-def test_facenet_is_preferred_when_its_weights_are_cached(tmp_path, monkeypatch):
-    """Loader path only: a freshly initialised network saved where torch hub keeps VGGFace2 weights.
-
-    Real VGGFace2 weights cannot be downloaded here; this checks that "auto" picks facenet from the torch
-    hub cache, that the checkpoint loads with weights_only, and the chip and embedding shapes.
-    """
+def _random_facenet_checkpoint(folder):
+    """A freshly initialised InceptionResnetV1 saved where torch hub keeps the VGGFace2 weights."""
     from extractors.faces import import_facenet
-    from extractors.identity import FacenetFaceEmbedder
 
     import_facenet()
     from facenet_pytorch.models.inception_resnet_v1 import InceptionResnetV1
 
     torch.manual_seed(0)
-    checkpoints = tmp_path / "hub" / "checkpoints"
+    checkpoints = folder / "hub" / "checkpoints"
     checkpoints.mkdir(parents=True)
-    torch.save(InceptionResnetV1(pretrained=None, classify=False, num_classes=8631).state_dict(),
-               checkpoints / "20180402-114759-vggface2.pt")
+    path = checkpoints / "20180402-114759-vggface2.pt"
+    torch.save(InceptionResnetV1(pretrained=None, classify=False, num_classes=8631).state_dict(), path)
+    return path
+
+
+def test_facenet_is_used_only_when_asked_for(tmp_path, monkeypatch):
+    """A facenet file in the torch cache must not switch "auto" to facenet (its threshold is uncalibrated).
+
+    Real VGGFace2 weights cannot be downloaded here; a random network checks the loader path only: that
+    "facenet" loads from the cache or an explicit path with weights_only, on the given device, and the
+    chip and embedding shapes.
+    """
+    from extractors.identity import FacenetFaceEmbedder
+
+    weights = _random_facenet_checkpoint(tmp_path)
     monkeypatch.setenv("TORCH_HOME", str(tmp_path))
-    embedder = load_face_embedder("auto")
-    assert isinstance(embedder, FacenetFaceEmbedder)
+    assert isinstance(load_face_embedder("auto"), DlibFaceEmbedder)
+    assert isinstance(load_face_embedder("dlib"), DlibFaceEmbedder)
+    assert isinstance(load_face_embedder("facenet"), FacenetFaceEmbedder)
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "empty"))
+    embedder = load_face_embedder("facenet", facenet_weights=weights, device="cpu")
+    assert isinstance(embedder, FacenetFaceEmbedder) and embedder.device == torch.device("cpu")
     image = np.random.default_rng(0).integers(0, 255, (300, 400, 3), dtype=np.uint8)
     face = FaceDetection(t=0.0, box=(100.0, 50.0, 220.0, 200.0), score=0.99, landmarks=np.zeros((5, 2), np.float32))
     chip = embedder.chip(image, face)
@@ -160,13 +180,18 @@ def test_facenet_is_preferred_when_its_weights_are_cached(tmp_path, monkeypatch)
     assert vectors.shape == (2, 512)
     np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
     assert "torchvision" not in sys.modules or sys.modules["torchvision"].__spec__ is not None
+    with pytest.raises(ValueError, match="unknown face embedder"):
+        load_face_embedder("arcface")
 
 
-def test_track_chips_keep_the_best_spread_faces_and_crop_exactly(extractor, media_dir):
-    from extractors.identity import TrackChips, face_region
-
+@pytest.fixture(scope="module")
+def interview_face(extractor, media_dir):
     frame = next(iter_frames(media_dir / "visualvoice_interview.mp4", fps=1.0))
-    face = extractor.detector.detect([frame.image], [frame.t])[0][0]
+    return frame, extractor.detector.detect([frame.image], [frame.t])[0][0]
+
+
+def test_track_chips_keep_the_best_spread_faces_and_crop_exactly(extractor, interview_face):
+    frame, face = interview_face
     region, shifted = face_region(frame.image, face)
     # The chip from the kept region equals the chip from the whole frame (the region holds all its context).
     np.testing.assert_array_equal(extractor.embedder.chip(region, shifted), extractor.embedder.chip(frame.image, face))
@@ -179,6 +204,110 @@ def test_track_chips_keep_the_best_spread_faces_and_crop_exactly(extractor, medi
     for t, score in ((0.0, 0.90), (0.25, 0.95), (1.0, 0.91), (2.0, 0.99), (3.0, 0.50)):
         chips.offer("T0", frame.image, at(t, score))
     # 0.25 replaced 0.0 (closer than 0.5 s, better); 2.0 replaced the worst (1.0); 3.0 was too poor.
-    assert sorted(t for _, t, _, _ in chips.faces["T0"]) == [0.25, 2.0]
-    vectors = chips.embed(["T0", "T9"])
-    assert list(vectors) == ["T0"] and vectors["T0"].shape == (128,)
+    assert sorted(h.t for h in chips.faces["T0"]) == [0.25, 2.0]
+    chips.close(["T0", "T9"])
+    assert list(chips.identities) == ["T0"] and chips.faces == {}
+    identity = chips.identities["T0"]
+    assert identity.reliable and identity.vectors.shape == (2, 128) and identity.embedding.shape == (128,)
+
+
+def test_a_face_too_small_to_trust_gets_no_vote(extractor, interview_face):
+    """A track whose faces are all small is embedded once (for its character) and marked unreliable."""
+    frame, face = interview_face
+    small = cv2.resize(frame.image, None, fx=0.25, fy=0.25, interpolation=cv2.INTER_AREA)   # a 50 px face
+    tiny = FaceDetection(t=0.0, box=tuple(v / 4 for v in face.box), score=face.score, landmarks=face.landmarks / 4)
+    assert not ChipGate().geometry_ok(tiny) and ChipGate().geometry_ok(face)
+    chips = TrackChips(extractor.embedder)
+    for k in range(4):
+        chips.offer("T0", small, replace(tiny, t=k * 1.0))
+    chips.close(["T0"])
+    assert not chips.identities["T0"].reliable and chips.identities["T0"].vectors.shape == (1, 128)
+
+
+def _track(track_id, times):
+    face = np.zeros((5, 2), np.float32)
+    return FaceTrack(id=track_id, shot=0, detections=[FaceDetection(t=t, box=(0, 0, 80, 80), score=0.99, landmarks=face)
+                                                      for t in times])
+
+
+def test_unsure_tracks_stay_their_own_character_and_linking_uses_the_median():
+    rng = np.random.default_rng(0)
+    person = rng.normal(size=128)
+    a = np.stack([person + 0.05 * rng.normal(size=128) for _ in range(3)])
+    outlier = a.copy()
+    outlier[0] = rng.normal(size=128)                   # one odd chip (a blink) among three
+    unit = a / np.linalg.norm(a, axis=1, keepdims=True)
+    odd = outlier / np.linalg.norm(outlier, axis=1, keepdims=True)
+    identities = {"T0": TrackIdentity(unit, np.ones(3, np.float32), True),
+                  "T1": TrackIdentity(odd, np.ones(3, np.float32), True),
+                  "T2": TrackIdentity(unit[:1], np.ones(1, np.float32), False)}   # same face, but unsure
+    distance = track_distances([identities[k] for k in ("T0", "T1", "T2")])
+    assert distance[0, 1] < 0.2 and np.isinf(distance[0, 2]) and np.isinf(distance[1, 2])
+    tracks = [_track("T0", [0.0, 0.25, 0.5]), _track("T1", [2.0, 2.25, 2.5]), _track("T2", [4.0, 4.25, 4.5])]
+    characters = build_characters(tracks, identities, threshold=0.4)
+    assert sorted(c.track_ids for c in characters) == [["T0", "T1"], ["T2"]]
+
+
+# --------------------------------------------------------------------- edited footage (identity set)
+
+
+@pytest.fixture(scope="module")
+def run_edit(extractor, media_dir, tmp_path_factory):
+    """Writes an edit of the shared clips, runs the visual pass on it; returns (result, track -> person)."""
+    folder = tmp_path_factory.mktemp("edits")
+
+    def run(edit):
+        path = em.write_edit(edit, media_dir, folder / f"{edit.name}.mp4")
+        result = extractor(path)
+        return result, em.label_tracks(edit, result.tracks, em.source_sizes(media_dir, [edit]))
+
+    return run
+
+
+def _people_of_characters(result, labels):
+    return sorted(sorted(labels[t] for t in c.track_ids) for c in result.characters)
+
+
+@pytest.mark.slow
+def test_shot_reverse_shot_interview_gives_host_and_guest(run_edit):
+    """Host 0-2 s, guest 2-4 s, host 4-6 s as close-ups: never on screen together, still two people."""
+    result, labels = run_edit(em.shot_reverse_shot())
+    assert [labels[t.id] for t in result.tracks] == ["host", "guest", "host"]
+    assert _people_of_characters(result, labels) == [["guest"], ["host", "host"]]
+
+
+@pytest.mark.slow
+def test_montage_of_five_different_people_merges_no_one(run_edit):
+    result, labels = run_edit(em.montage(0.0))
+    assert sorted(labels.values()) == ["face1", "face2", "guest", "host", "reader"]
+    assert len(result.characters) == 5
+
+
+@pytest.mark.slow
+def test_same_person_across_shots_at_two_scales_is_one_character(run_edit):
+    """face1 as a close-up (about 240 px), then a medium shot (about 110 px) off-centre: one person."""
+    result, labels = run_edit(em.same_person_scales("retalking_face1.mp4", None, (1.0, 0.45)))
+    assert len(result.tracks) == 2 and set(labels.values()) == {"face1"}
+    assert min(em.face_size(t) for t in result.tracks) < 0.6 * max(em.face_size(t) for t in result.tracks)
+    assert len(result.characters) == 1
+
+
+def test_chips_are_cut_and_released_when_a_track_closes(extractor, media_dir):
+    """Across a cut, the closed track's faces are embedded and freed at once, not held to the end."""
+    first = [f for f in iter_frames(media_dir / "retalking_face1.mp4") if f.t < 1.5]
+    second = [f for f in iter_frames(media_dir / "retalking_face2.mp4") if f.t < 1.0]
+    tracker, chips = FaceTracker(), TrackChips(extractor.embedder)
+    for k, frame in enumerate(first + second):
+        t, shot = k * 0.25, int(k >= len(first))
+        found = extractor.detector.detect([frame.image], [t])[0]
+        for track_id, detection in zip(tracker.update(t, shot, found, frame.image), found, strict=True):
+            chips.offer(track_id, frame.image, detection)
+        closed = tracker.take_closed()
+        chips.discard(closed.dropped)
+        chips.close([c.id for c in closed.kept])
+        if shot == 1:   # the first shot's track closed at the cut: embedded, its face images gone
+            assert list(chips.identities) == ["T0"] and "T0" not in chips.faces
+            assert sum(len(h) for h in chips.faces.values()) <= chips.capacity
+    tracker.finish()
+    chips.close([c.id for c in tracker.take_closed().kept])
+    assert sorted(chips.identities) == ["T0", "T1"] and chips.faces == {}

@@ -100,10 +100,19 @@ def test_a_cut_between_two_clips_splits_shots_and_tracks(media_dir):
         assert all((d.t < 2.0) == (track.shot == 0) for d in track.detections)
 
 
-def test_spurious_tracks_can_be_discarded_early():
+def test_tracks_are_reported_as_they_close():
+    """Gaps and cuts close tracks mid-video; take_closed reports each once (kept or dropped), finish the rest."""
     tracker = FaceTracker(TrackerConfig(min_detections=3, max_gap_seconds=0.5))
     tracker.update(0.0, 0, [_det(0.0, 100), _det(0.0, 600)])
     for k in range(1, 5):
-        tracker.update(k * 0.25, 0, [_det(k * 0.25, 100)])     # the right face was seen once
-    assert tracker.discard_spurious() == ["T1"]
-    assert [t.id for t in tracker.finish()] == ["T0"]
+        tracker.update(k * 0.25, 0, [_det(k * 0.25, 100)])     # the right face was seen once: spurious
+    closed = tracker.take_closed()
+    assert closed.kept == [] and closed.dropped == ["T1"]
+    tracker.update(1.25, 1, [_det(1.25, 100)])                 # a cut closes T0 (5 detections)
+    closed = tracker.take_closed()
+    assert [t.id for t in closed.kept] == ["T0"] and len(closed.kept[0].detections) == 5 and closed.dropped == []
+    assert tracker.take_closed().kept == []                    # reported once
+    for k in range(6, 9):
+        tracker.update(k * 0.25, 1, [_det(k * 0.25, 100)])
+    assert [t.id for t in tracker.finish()] == ["T0", "T2"]
+    assert [t.id for t in tracker.take_closed().kept] == ["T2"]  # closed by finish
