@@ -12,18 +12,36 @@ One file, read top to bottom: the small modules, then :class:`RamerModel` whose 
 A modality whose presence flag is False (or whose time mask is empty) is never encoded: nothing of its
 tensor reaches the output, which is rebuilt from the present modalities and the prototypes.
 
-Where this differs from the public code, on purpose:
+Following the public code (anonymousAccount01/RAMer): LayerNorm on the inputs and after input
+projection + position; encoder Linear/position weights N(0, 0.02); xavier_uniform_ where it builds
+MLLinear/MLAttention; no dropout in the aggregator; personality encoded and concatenated to each
+token (no emotion head of its own); the closer prototype at evaluation (a soft mix in training).
+
+Where this differs from the public code, on purpose (each a documented choice, most switchable):
 - the stack shuffle really shuffles (the public one always returns the reversed list) and the
-  unshuffled aggregator loss is added (the public code computes it and drops it);
-- the personality branch runs (the public one uses attributes it never defines);
+  unshuffled aggregator loss is added (the public code computes it and drops it: weight_aggregator);
+- the personality branch runs (the public one uses attributes it never defines); concatenation is
+  followed by a per-modality Linear back to H, so the rest of the model keeps its width;
 - a missing modality's prototype mix is decided by the present modalities' similarity to their own
-  prototypes (the public code asks the missing modality's own, meaningless, latent);
-- reconstruction targets are detached: otherwise the MSE terms shrink U towards a constant, which in
-  our runs stopped the model from learning at all;
+  prototypes (the public code asks the missing modality's own, meaningless, latent), with softmax
+  temperature ``prototype_temperature`` 0.1 (public code: 1); ``prototype_hard_at_eval`` switches the
+  evaluation-time hard choice off;
+- reconstruction targets are detached (``detach_reconstruction_targets``; False runs the public
+  objective): otherwise the MSE terms shrink U towards a constant, which in our runs stopped the
+  model from learning at all;
 - the second tier (beta) has its own MLP per modality (the public code reuses the first tier's
   projection), and the common classifier is label-wise (the public code classifies label 0's slot);
 - the contrastive anchors are the batch's views, contrasted with each other and the whole queue (the
-  public code also makes every queue row an anchor, which costs (N+Q)^2 for stale features).
+  public code also makes every queue row an anchor, which costs (N+Q)^2 for stale features);
+- state (queue, prototypes, shuffle step) changes only in :meth:`RamerModel.update_state`, which the
+  trainer calls after a successful optimiser step (the public code enqueues inside forward).
+
+Where the label-specific parts degenerate: with one time step per sequence (T = 1: MEmoR's released
+features are one vector per (character, segment), and M3ED with ``unit="utterance"``) label
+attention has one step to weigh, so U_m is the same vector for every label; so are its latents,
+aug and beta, and the 9-view contrastive loss then contrasts identical vectors with different class
+ids. Label specificity is left to the label-wise classifier and aggregator weights. CMU-MOSEI (60
+words) and M3ED by dialogue (up to 60 utterances) give real sequences.
 """
 
 from __future__ import annotations

@@ -52,12 +52,15 @@ class TrainingConfig:
     patience: int | None = None      # stop after this many epochs without a better validation micro-F1
     deterministic: bool = True       # deterministic kernels on CPU (same seed -> same weights, bit for bit)
     device: str | None = None        # None: CUDA when available, else CPU
+    sampling: str = "shuffle"        # "shuffle", or "class_balanced" (MEmoR's WeightedRandomSampler, see below)
 
     def __post_init__(self) -> None:
         if self.mixed_precision not in ("bf16", "fp16", "none"):
             raise RamerInputError(f"mixed_precision must be bf16, fp16 or none, not {self.mixed_precision!r}")
         if self.threshold_search not in ("global", "per_label", "none"):
             raise RamerInputError(f"threshold_search must be global, per_label or none, not {self.threshold_search!r}")
+        if self.sampling not in ("shuffle", "class_balanced"):
+            raise RamerInputError(f"sampling must be shuffle or class_balanced, not {self.sampling!r}")
         if self.epochs < 1 or self.batch_size < 1:
             raise RamerInputError("epochs and batch_size must be at least 1")
 
@@ -239,8 +242,11 @@ def _train(model: torch.nn.Module, train_set: RamerDataset, valid_set: RamerData
     if hasattr(model, "reseed"):
         model.reseed(config.seed)
     model.to(device)
-    loader = DataLoader(train_set, batch_size=config.batch_size, shuffle=True, collate_fn=collate,
-                        generator=torch.Generator().manual_seed(config.seed), drop_last=len(train_set) > config.batch_size)
+    generator = torch.Generator().manual_seed(config.seed)
+    sampler = class_balanced_sampler(train_set, generator) if config.sampling == "class_balanced" else None
+    loader = DataLoader(train_set, batch_size=config.batch_size, shuffle=sampler is None, sampler=sampler,
+                        collate_fn=collate, generator=generator if sampler is None else None,
+                        drop_last=len(train_set) > config.batch_size)
     total_steps = config.epochs * len(loader)
     optimizer = torch.optim.AdamW(_param_groups(model, config.weight_decay), lr=config.learning_rate,
                                   weight_decay=config.weight_decay)
@@ -321,6 +327,17 @@ def _train(model: torch.nn.Module, train_set: RamerDataset, valid_set: RamerData
     result = TrainingResult(best_epoch, choice, metrics, history, time.perf_counter() - started)
     log.info("best epoch %d: valid micro-F1 %.4f", best_epoch, choice.micro_f1)
     return result
+
+
+def class_balanced_sampler(dataset: RamerDataset, generator: torch.Generator) -> torch.utils.data.WeightedRandomSampler:
+    """MEmoR's training sampler (``data_loader/data_loaders.py``): draw len(dataset) samples with
+    replacement, each with weight 1 / (count of its label). A merged multi-label sample takes the mean
+    of its labels' weights (one label: exactly MEmoR's); a sample without labels the rarest weight."""
+    labels = dataset.labels_matrix()                                             # [N, C]
+    inverse = 1.0 / labels.sum(dim=0).clamp_min(1.0)                             # [C]
+    count = labels.sum(dim=1)
+    weights = torch.where(count > 0, (labels * inverse).sum(dim=1) / count.clamp_min(1.0), inverse.max())
+    return torch.utils.data.WeightedRandomSampler(weights.double(), len(dataset), replacement=True, generator=generator)
 
 
 def _choose_threshold(model: torch.nn.Module, predictions: Predictions, mode: str) -> ThresholdChoice:

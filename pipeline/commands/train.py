@@ -5,6 +5,12 @@ settings, validation and test metrics, the threshold chosen on validation) is wr
 model's ``save_pretrained``. Defaults follow DESIGN.md (AdamW lr 5e-5, weight decay 0.01, warm-up
 0.1, clipping 1.0, batch 64, seed 42); ``--ablation`` switches one part of RAMer off and
 ``--baseline late-fusion`` trains the late-fusion baseline with the same encoders.
+
+``--preset mosei-paper|memor-paper|m3ed-paper`` sets what the public code runs with (any option
+given explicitly wins): 150 epochs (RAMer ``train.sh``; M3ED: 20, CARAT ``train_m3ed.sh``), lr 5e-5,
+warm-up-linear over 10 %, batch 64, a fixed decision threshold 0.25 with ``p > 0.25``, model selection
+on validation micro-F1 at that threshold (no threshold search), layers text/visual/acoustic 3/3/3
+(M3ED: 6/4/4), seed 42 (M3ED: 1), and MEmoR's class-balanced sampler for MEmoR.
 """
 
 from __future__ import annotations
@@ -39,12 +45,38 @@ def parse_dataset(values: list[str], seed: int):
     return load_dataset(kind, rest[0] if rest else None, seed=seed)
 
 
+PRESETS: dict[str, dict] = {
+    "mosei-paper": dict(epochs=150, lr=5e-5, warmup=0.1, batch_size=64, seed=42, threshold=0.25,
+                        threshold_search="none", layers=(3, 3, 3), sampling="shuffle"),
+    "memor-paper": dict(epochs=150, lr=5e-5, warmup=0.1, batch_size=64, seed=42, threshold=0.25,
+                        threshold_search="none", layers=(3, 3, 3), sampling="class_balanced"),
+    "m3ed-paper": dict(epochs=20, lr=5e-5, warmup=0.1, batch_size=64, seed=1, threshold=0.25,
+                       threshold_search="none", layers=(6, 4, 4), sampling="shuffle"),
+}
+
+
+def apply_preset(args: argparse.Namespace, defaults: dict) -> argparse.Namespace:
+    """Fill the options left at their defaults from ``args.preset`` (explicit options win)."""
+    if not getattr(args, "preset", None):
+        return args
+    for name, value in PRESETS[args.preset].items():
+        if name == "layers":
+            for modality, layers in zip(("text_layers", "visual_layers", "acoustic_layers"), value, strict=True):
+                if getattr(args, modality) is None and args.layers == defaults["layers"]:
+                    setattr(args, modality, layers)
+        elif getattr(args, name) == defaults.get(name):
+            setattr(args, name, value)
+    return args
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser("train", help="train RAMer on a benchmark and save a checkpoint",
                                    description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_dataset_argument(parser)
     parser.add_argument("--out", type=Path, required=True, help="checkpoint folder to write")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing checkpoint folder")
+    parser.add_argument("--preset", choices=sorted(PRESETS), default=None,
+                        help="the public code's settings for a benchmark (see above); explicit options win")
     training = parser.add_argument_group("training")
     training.add_argument("--epochs", type=int, default=20)
     training.add_argument("--batch-size", type=int, default=64)
@@ -55,12 +87,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     training.add_argument("--seed", type=int, default=42)
     training.add_argument("--patience", type=int, default=None, help="early stop after N epochs without gain")
     training.add_argument("--threshold-search", choices=("global", "per_label", "none"), default="global")
+    training.add_argument("--threshold", type=float, default=None,
+                          help="fixed decision threshold (p > t) kept when --threshold-search none")
+    training.add_argument("--sampling", choices=("shuffle", "class_balanced"), default="shuffle",
+                          help="class_balanced: MEmoR's sampler, weight 1 / label count, with replacement")
     training.add_argument("--mixed-precision", choices=("bf16", "fp16", "none"), default="bf16",
                           help="autocast dtype on CUDA (CPU always runs float32)")
     training.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: CUDA when available)")
     model = parser.add_argument_group("model")
     model.add_argument("--hidden-size", type=int, default=256)
     model.add_argument("--layers", type=int, default=3, help="Transformer layers per modality")
+    for modality in ("text", "visual", "acoustic"):
+        model.add_argument(f"--{modality}-layers", type=int, default=None, help=f"layers of the {modality} encoder")
     model.add_argument("--heads", type=int, default=8)
     model.add_argument("--dropout", type=float, default=0.3)
     model.add_argument("--queue-size", type=int, default=8192)
@@ -68,7 +106,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     variant.add_argument("--ablation", default=None, help="switch one part off, e.g. no_reconstruction")
     variant.add_argument("--baseline", choices=("late-fusion",), default=None,
                          help="train the late-fusion baseline with the same encoders instead")
-    parser.set_defaults(func=run)
+    parser.set_defaults(func=run, parser_defaults={a.dest: a.default for a in parser._actions})
 
 
 def build_config(args: argparse.Namespace, splits):
@@ -77,9 +115,13 @@ def build_config(args: argparse.Namespace, splits):
     dims = splits.train.dims
     fields = dict(text_dim=dims.text, visual_dim=dims.visual, acoustic_dim=dims.acoustic,
                   num_labels=len(splits.label_names), label_names=tuple(splits.label_names),
-                  personality_dim=dims.personality, hidden_size=args.hidden_size, text_layers=args.layers,
-                  visual_layers=args.layers, acoustic_layers=args.layers, num_heads=args.heads,
+                  personality_dim=dims.personality, hidden_size=args.hidden_size,
+                  text_layers=getattr(args, "text_layers", None) or args.layers,
+                  visual_layers=getattr(args, "visual_layers", None) or args.layers,
+                  acoustic_layers=getattr(args, "acoustic_layers", None) or args.layers, num_heads=args.heads,
                   dropout=args.dropout, queue_size=args.queue_size, shuffle_seed=args.seed)
+    if getattr(args, "threshold", None) is not None:
+        fields["threshold"] = args.threshold
     if args.baseline == "late-fusion":
         return RamerConfig.late_fusion_baseline(**fields)
     config = RamerConfig(**fields)
@@ -105,6 +147,7 @@ def run(args: argparse.Namespace) -> int:
     from ramer_core.model import RamerModel
     from ramer_core.training import TrainingConfig, evaluate, save_trained, train
 
+    apply_preset(args, getattr(args, "parser_defaults", {}))
     _check_output_folder(args.out, args.overwrite)
     splits = parse_dataset(args.dataset, args.seed)
     if len(splits.valid) == 0:
@@ -113,7 +156,7 @@ def run(args: argparse.Namespace) -> int:
                               weight_decay=args.weight_decay, warmup_ratio=args.warmup,
                               max_grad_norm=args.max_grad_norm, seed=args.seed,
                               mixed_precision=args.mixed_precision, threshold_search=args.threshold_search,
-                              patience=args.patience, device=args.device)
+                              patience=args.patience, device=args.device, sampling=args.sampling)
     model = RamerModel(build_config(args, splits))
 
     with progress_bar("training", quiet=args.quiet) as advance:

@@ -94,3 +94,28 @@ def test_evaluate_uses_the_training_seed_for_synthetic_data(tmp_path, capsys):
     report = tmp_path / "m.json"
     assert main(["-q", "evaluate", "--checkpoint", str(out), "--dataset", "synthetic", "--json", str(report)]) == 0
     assert json.loads(report.read_text())["overall"]["micro_f1"] == pytest.approx(test_f1)
+
+
+def test_presets_set_the_public_code_settings_and_explicit_options_win():
+    import argparse
+
+    from pipeline.commands import train as train_command
+
+    parser = argparse.ArgumentParser()
+    train_command.register(parser.add_subparsers())
+
+    def resolved(*argv):
+        args = parser.parse_args(["train", "--dataset", "synthetic", "--out", "x", *argv])
+        return train_command.apply_preset(args, args.parser_defaults)
+
+    m3ed = resolved("--preset", "m3ed-paper", "--epochs", "3")
+    assert m3ed.epochs == 3 and m3ed.seed == 1  # explicit epochs win, the rest comes from the preset
+    assert (m3ed.text_layers, m3ed.visual_layers, m3ed.acoustic_layers) == (6, 4, 4)
+    assert m3ed.threshold == 0.25 and m3ed.threshold_search == "none" and m3ed.lr == 5e-5
+    memor = resolved("--preset", "memor-paper")
+    assert memor.epochs == 150 and memor.sampling == "class_balanced" and memor.text_layers == 3
+    plain = resolved()
+    assert plain.epochs == 20 and plain.threshold is None and plain.sampling == "shuffle"
+    splits = make_synthetic(SyntheticConfig(train_samples=8, valid_samples=4, test_samples=4))
+    config = train_command.build_config(m3ed, splits)
+    assert config.layers == (6, 4, 4) and config.threshold == 0.25

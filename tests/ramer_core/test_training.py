@@ -139,3 +139,16 @@ def test_json_safe_turns_nan_metrics_of_empty_subsets_into_null():
     report = {"missing_acoustic_text": {"micro_f1": float("nan"), "samples": np.int64(0)}, "t": (np.float32(0.5),)}
     assert json.dumps(json_safe(report), allow_nan=False, sort_keys=True) == (
         '{"missing_acoustic_text": {"micro_f1": null, "samples": 0}, "t": [0.5]}')
+
+
+def test_class_balanced_sampler_weights_follow_label_counts():
+    from ramer_core.training import class_balanced_sampler
+
+    data = make_synthetic(SyntheticConfig(train_samples=64, valid_samples=8, test_samples=8, seed=1))
+    sampler = class_balanced_sampler(data.train, torch.Generator().manual_seed(0))
+    labels = data.train.labels_matrix()
+    counts = labels.sum(0)
+    single = int(torch.nonzero(labels.sum(1) == 1)[0])  # a sample with one label: weight 1 / that label's count
+    label = int(labels[single].nonzero())
+    assert float(sampler.weights[single]) == pytest.approx(1.0 / float(counts[label]))
+    assert sampler.num_samples == 64 and sampler.replacement
