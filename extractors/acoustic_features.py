@@ -1,7 +1,10 @@
 """Acoustic feature sequences per (time span, speaker): the `[T, D_ACOUSTIC]` input of RAMer.
 
 Per 10 ms frame (25 ms analysis window), computed with librosa over the whole audio once and then
-sliced to what one speaker says inside one span:
+sliced to what one speaker says inside one span. The audio is analysed in chunks of
+``AcousticConfig.chunk_seconds`` with enough context on each side for the widest analysis window, so the
+memory needed is bounded whatever the length (the whole-file version held ~3.6 MB per second of audio,
+13 GB for an hour) and the result is the same as analysing the file at once:
 
 - 13 MFCCs with deltas and delta-deltas (spectral envelope: what is said, and how tense or breathy)
 - log energy and its delta (loudness, arousal)
@@ -25,6 +28,7 @@ from dataclasses import dataclass
 
 import librosa
 import numpy as np
+import scipy.fft
 
 from extractors.audio import SAMPLE_RATE
 from extractors.contracts import SpeakerTurn
@@ -41,6 +45,8 @@ FEATURE_NAMES: tuple[str, ...] = (
     "periodicity", "spectral_flatness", "log_spectral_centroid", "zero_crossing_rate",
 )
 D_ACOUSTIC = len(FEATURE_NAMES)  # 47
+_CONTEXT_FRAMES = 8   # frames of context on each side of a chunk: 1280 samples > YIN's half window of 512
+_TOP_DB = 80.0        # librosa.power_to_db's default dynamic range below the loudest mel bin
 
 
 @dataclass
@@ -51,6 +57,7 @@ class AcousticConfig:
     fmin_hz: float = 60.0      # pitch search range, covering low male to high child voices
     fmax_hz: float = 500.0
     voicing_threshold: float = 0.45  # periodicity below it: unvoiced (log f0 set to 0)
+    chunk_seconds: float = 10.0      # audio analysed at once; bounds memory, does not change the result
 
     @property
     def frame_rate(self) -> float:
@@ -69,18 +76,28 @@ class AcousticFeatureExtractor:
         y = np.asarray(audio, dtype=np.float32).reshape(-1)
         if len(y) < cfg.n_fft:
             return np.zeros((0, D_ACOUSTIC), np.float32)
-        power = np.abs(librosa.stft(y, n_fft=cfg.n_fft, hop_length=cfg.hop_length)) ** 2  # [F, T]
-        mel = librosa.feature.melspectrogram(S=power, sr=SAMPLE_RATE, n_mels=cfg.n_mels)
-        mfcc = librosa.feature.mfcc(S=librosa.power_to_db(mel), n_mfcc=N_MFCC)           # [13, T]
-        num_frames = mfcc.shape[1]
-        log_energy = np.log(power.sum(0) / cfg.n_fft + 1e-10)[None]                         # [1, T]
-        f0 = librosa.yin(y, fmin=cfg.fmin_hz, fmax=cfg.fmax_hz, sr=SAMPLE_RATE,
-                         frame_length=1024, hop_length=cfg.hop_length)[:num_frames]
-        periodicity = _periodicity(y, cfg)[:num_frames]
-        log_f0 = np.where(periodicity >= cfg.voicing_threshold, np.log(f0), 0.0)[None]     # [1, T]
-        flatness = librosa.feature.spectral_flatness(S=np.sqrt(power))                     # [1, T]
-        centroid = np.log(librosa.feature.spectral_centroid(S=np.sqrt(power), sr=SAMPLE_RATE) + 1.0)
-        zcr = librosa.feature.zero_crossing_rate(y, frame_length=cfg.n_fft, hop_length=cfg.hop_length)
+        hop = cfg.hop_length
+        num_frames = 1 + len(y) // hop                 # librosa's centred framing
+        features = np.empty((num_frames, D_ACOUSTIC), np.float32)                          # [T, D]
+        mel_db = np.empty((cfg.n_mels, num_frames), np.float32)                             # [M, T]
+        log_energy = np.empty(num_frames, np.float32)                                       # [T]
+        log_f0 = np.empty(num_frames, np.float64)      # float64 as before, so its delta is unchanged
+        chunk = max(1, int(round(cfg.chunk_seconds * cfg.frame_rate)))
+        for first in range(0, num_frames, chunk):
+            last = min(num_frames, first + chunk)
+            # Frame t sees samples t * hop +- 512 at most (YIN's 1024-sample window): with _CONTEXT_FRAMES
+            # of real signal on each side, the kept frames never touch the chunk's edge padding.
+            lo = max(0, first - _CONTEXT_FRAMES)
+            piece = y[lo * hop: min(len(y), (last + _CONTEXT_FRAMES) * hop)]
+            keep = slice(first - lo, last - lo)
+            self._chunk(piece, keep, mel_db[:, first:last], log_energy[first:last], log_f0[first:last],
+                        features[first:last])
+        # power_to_db's top_db floor is relative to the loudest bin of the whole file
+        np.maximum(mel_db, mel_db.max() - _TOP_DB, out=mel_db)
+        for first in range(0, num_frames, chunk):
+            part = mel_db[:, first: first + chunk]
+            features[first: first + chunk, :N_MFCC] = scipy.fft.dct(part, axis=0, type=2, norm="ortho")[:N_MFCC].T
+        del mel_db
         width = min(9, num_frames if num_frames % 2 else num_frames - 1)
         if width >= 3:
             def delta(x: np.ndarray, order: int = 1) -> np.ndarray:
@@ -88,13 +105,37 @@ class AcousticFeatureExtractor:
         else:  # too short for a regression window
             def delta(x: np.ndarray, order: int = 1) -> np.ndarray:
                 return np.zeros_like(x)
-        features = np.concatenate([
-            mfcc, delta(mfcc), delta(mfcc, 2),
-            log_energy, delta(log_energy),
-            log_f0, delta(log_f0),
-            periodicity[None], flatness[:, :num_frames], centroid[:, :num_frames], zcr[:, :num_frames],
-        ])                                                                                   # [D, T]
-        return np.ascontiguousarray(features.T, dtype=np.float32)                           # [T, D]
+        mfcc = np.ascontiguousarray(features[:, :N_MFCC].T)                                  # [13, T]
+        features[:, N_MFCC: 2 * N_MFCC] = delta(mfcc).T
+        features[:, 2 * N_MFCC: 3 * N_MFCC] = delta(mfcc, 2).T
+        del mfcc
+        column = 3 * N_MFCC
+        features[:, column] = log_energy
+        features[:, column + 1] = delta(log_energy[None])[0]
+        features[:, column + 2] = log_f0
+        features[:, column + 3] = delta(log_f0[None])[0]
+        return features
+
+    def _chunk(self, y: np.ndarray, keep: slice, mel_db: np.ndarray, log_energy: np.ndarray,
+               log_f0: np.ndarray, features: np.ndarray) -> None:
+        """Frame-local features of one chunk of samples, frames ``keep`` written into the output views."""
+        cfg = self.config
+        power = np.abs(librosa.stft(y, n_fft=cfg.n_fft, hop_length=cfg.hop_length)) ** 2  # [F, t]
+        mel = librosa.feature.melspectrogram(S=power, sr=SAMPLE_RATE, n_mels=cfg.n_mels)
+        mel_db[:] = librosa.power_to_db(mel[:, keep], top_db=None)                          # [M, k]
+        num_frames = power.shape[1]
+        log_energy[:] = np.log(power[:, keep].sum(0) / cfg.n_fft + 1e-10)
+        f0 = librosa.yin(y, fmin=cfg.fmin_hz, fmax=cfg.fmax_hz, sr=SAMPLE_RATE,
+                         frame_length=1024, hop_length=cfg.hop_length)[:num_frames][keep]
+        periodicity = _periodicity(y, cfg)[:num_frames][keep]
+        log_f0[:] = np.where(periodicity >= cfg.voicing_threshold, np.log(f0), 0.0)
+        magnitude = np.sqrt(power[:, keep])
+        column = 3 * N_MFCC + 4
+        features[:, column] = periodicity
+        features[:, column + 1] = librosa.feature.spectral_flatness(S=magnitude)[0]
+        features[:, column + 2] = np.log(librosa.feature.spectral_centroid(S=magnitude, sr=SAMPLE_RATE) + 1.0)[0]
+        features[:, column + 3] = librosa.feature.zero_crossing_rate(
+            y, frame_length=cfg.n_fft, hop_length=cfg.hop_length)[0, keep]
 
     def span(self, frames: np.ndarray, start: float, end: float) -> np.ndarray:
         """Rows of `frames` whose centre lies in [start, end)."""

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import tracemalloc
+from pathlib import Path
+
 import numpy as np
 import pytest
 
-from extractors.acoustic_features import D_ACOUSTIC, FEATURE_NAMES, AcousticFeatureExtractor
+from extractors.acoustic_features import D_ACOUSTIC, FEATURE_NAMES, AcousticConfig, AcousticFeatureExtractor
 from extractors.audio import SAMPLE_RATE, load_audio
 from extractors.contracts import SpeakerTurn
 
@@ -62,6 +65,33 @@ def test_speaker_span_takes_only_that_speakers_frames(extractor):
     empty = extractor.speaker_span(frames, turns, "SPK1", 4.0, 6.0)
     assert empty.shape == (0, D_ACOUSTIC)
     assert extractor.speaker_span(frames, turns, "SPK9", 0, 10).shape == (0, D_ACOUSTIC)
+
+
+@pytest.mark.parametrize("chunk_seconds", [10.0, 0.37])
+def test_chunked_analysis_matches_the_whole_file_analysis(media_dir, chunk_seconds):
+    # Recorded with the whole-file implementation (before chunking) on jfk.flac; see data/README.md.
+    reference = np.load(Path(__file__).parent / "data" / "acoustic_reference.npz")["frames"]   # [1101, 47]
+    frames = AcousticFeatureExtractor(AcousticConfig(chunk_seconds=chunk_seconds)).frames(
+        load_audio(media_dir / "jfk.flac"))
+    assert frames.shape == reference.shape == (1101, D_ACOUSTIC) and frames.dtype == np.float32
+    scale = np.maximum(np.abs(reference).max(0), 1e-3)                                  # [47] per feature
+    assert (np.abs(frames - reference).max(0) / scale).max() < 1e-5
+
+
+def test_memory_does_not_grow_with_the_length(extractor, media_dir):
+    speech = load_audio(media_dir / "jfk.flac")
+
+    def peak_mb(audio: np.ndarray) -> float:
+        tracemalloc.start()   # numpy reports its buffers to tracemalloc
+        try:
+            extractor.frames(audio)
+            return tracemalloc.get_traced_memory()[1] / 1e6
+        finally:
+            tracemalloc.stop()
+
+    short, long = peak_mb(speech), peak_mb(np.tile(speech, 4))       # 11 s and 44 s
+    # The whole-file analysis took ~3.6 MB per second of audio (40 MB, then 158 MB).
+    assert long - short < 8.0 and long < 64.0, (short, long)
 
 
 def test_too_short_audio_gives_empty(extractor):
