@@ -9,17 +9,29 @@ Two backends run the same Whisper network:
 - ``openai-whisper``: PyTorch. A checkpoint path, ``~/.cache/whisper/<name>.pt``, or a checkpoint
   converted once from the packaged CTranslate2 weights (`extractors.whisper_convert`).
 
-Decoding is gated by voice activity: only the VAD's speech regions are concatenated and decoded,
-and times are mapped back to the original audio. Silence therefore produces no segments at all
-instead of Whisper's habitual "Thank you." hallucinations.
+Decoding is gated by voice activity: only the VAD's speech regions (padded by ``region_pad_s``)
+are decoded, in one of two ways (``decode``):
+
+- ``"joined"`` (default): the regions are put back to back with ``gap_s`` of silence between them
+  and decoded at once (context across long silences, one encoder pass per 30 s of speech); each
+  word is mapped back through the one region that holds it, both ends through the same region.
+- ``"in_place"``: the regions, joined across pauses up to ``join_gap_s``, are handed to the decoder
+  as clips (``clip_timestamps``, which both backends take) and decoded where they are.
+
+Either way a word is then kept only where it overlaps a padded speech region, clamped to one
+region, and a segment is split where its words are further apart than ``join_gap_s``: no word or
+segment stretches across a silence, and silence gives no text at all. Text that Whisper makes up
+after the speech (its habitual "Thank you." / "Thank you for watching.") is cut by the decoders'
+guards: no-speech probability, log-probability, compression ratio, ``hallucination_silence_threshold``.
 """
 
 from __future__ import annotations
 
+import bisect
 import logging
 import os
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Literal
 
@@ -36,6 +48,7 @@ from extractors.vad import SpeechRegion, VadConfig, VoiceActivityDetector
 log = logging.getLogger(__name__)
 
 Backend = Literal["faster-whisper", "openai-whisper"]
+DecodeMode = Literal["joined", "in_place"]
 
 
 @dataclass
@@ -50,58 +63,29 @@ class AsrConfig:
     word_timestamps: bool = True
     condition_on_previous_text: bool = False  # True helps long monologues but lets errors loop
     vad_gate: bool = True              # decode only speech regions (no text from silence)
+    # "joined": the padded speech regions are decoded back to back, `gap_s` of silence between them,
+    # and each word is mapped back through the one region that holds it (context across long
+    # silences, one encoder pass per 30 s of speech). "in_place": the regions are decoded where they
+    # are as clips (`clip_timestamps`), each stretch of speech on its own.
+    decode: DecodeMode = "joined"
+    gap_s: float = 0.3                 # "joined": silence inserted between regions
     vad: VadConfig = field(default_factory=VadConfig)
-    region_pad_s: float = 0.2          # speech regions are widened by this much before decoding
-    gap_s: float = 0.3                 # silence inserted between concatenated speech regions
-
-
-@dataclass
-class _Span:
-    """One speech region placed in the concatenated (gated) audio."""
-
-    gated_start: float
-    source_start: float
-    duration: float
-
-
-class _GatedTimeline:
-    """Concatenates speech regions (with short gaps) and maps gated times back to source times."""
-
-    def __init__(self, audio: np.ndarray, regions: list[SpeechRegion], gap_s: float, pad_s: float):
-        gap = np.zeros(int(gap_s * SAMPLE_RATE), dtype=np.float32)
-        pieces: list[np.ndarray] = []
-        self.spans: list[_Span] = []
-        cursor = 0.0
-        padded = [SpeechRegion(r.start - pad_s, r.end + pad_s) for r in regions]
-        for region in _merge(padded, len(audio) / SAMPLE_RATE):
-            piece = audio[int(region.start * SAMPLE_RATE): int(region.end * SAMPLE_RATE)]
-            if pieces:
-                pieces.append(gap)
-                cursor += gap_s
-            self.spans.append(_Span(cursor, region.start, len(piece) / SAMPLE_RATE))
-            pieces.append(piece)
-            cursor += len(piece) / SAMPLE_RATE
-        self.audio = np.concatenate(pieces) if pieces else np.zeros(0, np.float32)
-
-    def to_source(self, t: float) -> float:
-        """Source time of gated time `t`; a time in an inserted gap snaps to the nearer span edge
-        (the end of the span before it or the start of the span after it)."""
-        index = 0
-        for i, span in enumerate(self.spans):
-            if span.gated_start <= t:
-                index = i
-            else:
-                break
-        best = self.spans[index]
-        end = best.gated_start + best.duration
-        following = self.spans[index + 1] if index + 1 < len(self.spans) else None
-        if following is not None and t > end and t - end > following.gated_start - t:
-            return following.source_start
-        offset = min(max(t - best.gated_start, 0.0), best.duration)
-        return best.source_start + offset
+    region_pad_s: float = 0.2          # speech regions are widened by this much (word onsets, final consonants)
+    join_gap_s: float = 1.0            # a segment is split at a silence longer than this; "in_place":
+                                       # regions closer than this are decoded as one clip
+    # Whisper's own guards against made-up text (its defaults, stated so a configuration can tune them):
+    # a window is skipped when no_speech_prob > no_speech_threshold and avg_logprob < log_prob_threshold;
+    # a decode more repetitive than compression_ratio_threshold is retried at a higher temperature.
+    no_speech_threshold: float | None = 0.6
+    log_prob_threshold: float | None = -1.0
+    compression_ratio_threshold: float | None = 2.4
+    # A segment of improbable, squeezed or stretched words next to silence this long is dropped
+    # (needs word timestamps).
+    hallucination_silence_threshold: float | None = 0.5
 
 
 def _merge(regions: list[SpeechRegion], duration: float) -> list[SpeechRegion]:
+    """Regions sorted, cut to [0, duration] and overlapping ones merged."""
     merged: list[SpeechRegion] = []
     for region in sorted(regions, key=lambda r: r.start):
         start, end = max(0.0, region.start), min(duration, region.end)
@@ -112,8 +96,165 @@ def _merge(regions: list[SpeechRegion], duration: float) -> list[SpeechRegion]:
     return merged
 
 
-def _device() -> str:
-    return "cuda" if torch.cuda.is_available() else "cpu"
+def padded_regions(regions: list[SpeechRegion], duration: float, pad_s: float) -> list[SpeechRegion]:
+    """Speech regions widened by `pad_s` each side, within the audio, overlaps merged: where words may lie."""
+    return _merge([SpeechRegion(r.start - pad_s, r.end + pad_s) for r in regions], duration)
+
+
+def speech_clips(regions: list[SpeechRegion], duration: float, pad_s: float, join_gap_s: float) -> list[SpeechRegion]:
+    """The stretches handed to the decoder: padded regions joined across pauses up to `join_gap_s`.
+
+    Why join: each clip costs one encoder pass per 30 s and starts without context, and a pause of a
+    second inside a sentence is ordinary speech to Whisper; longer silences are left out of the decode.
+    """
+    clips: list[SpeechRegion] = []
+    for region in padded_regions(regions, duration, pad_s):
+        if clips and region.start - clips[-1].end <= join_gap_s:
+            clips[-1].end = region.end
+        else:
+            clips.append(SpeechRegion(region.start, region.end))
+    return clips
+
+
+@dataclass
+class _RawWord:
+    text: str          # as the decoder returns it: leading space and punctuation included
+    start: float       # seconds of the source audio
+    end: float
+    probability: float
+
+
+@dataclass
+class _RawSegment:
+    text: str
+    start: float
+    end: float
+    words: list[_RawWord]
+
+
+class _JoinedTimeline:
+    """Speech regions placed back to back (`gap_s` of silence between them) for one decode.
+
+    Each word is mapped back through the one region that holds it in the joined audio (the one
+    with its middle, else the one it overlaps most, else the nearer one), both ends through the same
+    region: a word can never stretch across the silence that was cut out.
+    """
+
+    def __init__(self, audio: np.ndarray, regions: list[SpeechRegion], gap_s: float):
+        gap = np.zeros(int(gap_s * SAMPLE_RATE), dtype=np.float32)
+        pieces: list[np.ndarray] = []
+        self.source: list[SpeechRegion] = []  # each region in the source audio
+        self.joined: list[SpeechRegion] = []  # the same region in the joined audio
+        cursor = 0.0
+        for region in regions:
+            piece = audio[int(region.start * SAMPLE_RATE): int(region.end * SAMPLE_RATE)]
+            if pieces:
+                pieces.append(gap)
+                cursor += len(gap) / SAMPLE_RATE
+            duration = len(piece) / SAMPLE_RATE
+            self.source.append(SpeechRegion(region.start, region.start + duration))
+            self.joined.append(SpeechRegion(cursor, cursor + duration))
+            pieces.append(piece)
+            cursor += duration
+        self.audio = np.concatenate(pieces) if pieces else np.zeros(0, np.float32)  # [samples]
+
+    def _index(self, start: float, end: float) -> int:
+        region = _region_of(start, end, self.joined)
+        if region is not None:
+            return self.joined.index(region)
+        middle = (start + end) / 2  # wholly inside an inserted gap: the nearer region
+        return min(range(len(self.joined)),
+                   key=lambda i: min(abs(middle - self.joined[i].start), abs(middle - self.joined[i].end)))
+
+    def to_source(self, start: float, end: float) -> tuple[float, float]:
+        """Source times of the joined span [start, end], both through the same region."""
+        i = self._index(start, end)
+        joined, source = self.joined[i], self.source[i]
+
+        def one(t: float) -> float:
+            return source.start + min(max(t - joined.start, 0.0), joined.duration)
+
+        return one(start), max(one(start), one(end))
+
+    def segments_to_source(self, raw: list[_RawSegment]) -> list[_RawSegment]:
+        mapped: list[_RawSegment] = []
+        for segment in raw:
+            words = [_RawWord(w.text, *self.to_source(w.start, w.end), w.probability) for w in segment.words]
+            start, end = self.to_source(segment.start, segment.end)
+            mapped.append(_RawSegment(segment.text, start, end, words))
+        return mapped
+
+
+def _region_of(start: float, end: float, regions: list[SpeechRegion]) -> SpeechRegion | None:
+    """The region holding the middle of [start, end], else the one it overlaps most; None: no overlap.
+
+    Why not the middle alone: Whisper's word times are loose (a word after a pause often starts in
+    the pause), and a real word that only reaches into speech must not be lost.
+    """
+    middle = (start + end) / 2
+    index = bisect.bisect_right([r.start for r in regions], middle) - 1
+    if index >= 0 and middle <= regions[index].end:
+        return regions[index]
+    overlaps = [(min(end, r.end) - max(start, r.start), r) for r in regions[max(index, 0): index + 2]]
+    overlaps = [(overlap, r) for overlap, r in overlaps if overlap > 0]
+    return max(overlaps, key=lambda pair: pair[0])[1] if overlaps else None
+
+
+def place_in_speech(raw: list[_RawSegment], regions: list[SpeechRegion] | None, split_gap_s: float,
+                    language: str) -> list[SpeechSegment]:
+    """Segments whose words all lie in `regions` (None: anywhere), split at silences over `split_gap_s`.
+
+    A word is kept when it overlaps a region and is clamped to one region (`_region_of`): both of its
+    ends are placed by the same region, so a word cannot reach across a silence, and text that the
+    decoder put where nobody speaks is dropped. Segment text is rebuilt from the kept words.
+    """
+    segments: list[SpeechSegment] = []
+
+    def emit(text: str, start: float, end: float, words: list[Word]) -> None:
+        text = text.strip()
+        if text:
+            segments.append(SpeechSegment(id=f"S{len(segments)}", start=start, end=end, text=text,
+                                          words=words, language=language))
+
+    for segment in raw:
+        if not segment.words:  # no word timestamps: the segment as a whole, by its middle
+            start, end = segment.start, max(segment.start, segment.end)
+            region = _region_of(start, end, regions) if regions is not None else None
+            if regions is not None:
+                if region is None:
+                    continue
+                start, end = max(start, region.start), min(end, region.end)
+            emit(segment.text, start, max(start, end), [])
+            continue
+        pieces: list[tuple[list[str], list[Word]]] = []
+        for raw_word in segment.words:
+            start, end = raw_word.start, max(raw_word.start, raw_word.end)
+            if regions is not None:
+                region = _region_of(start, end, regions)
+                if region is None:
+                    log.debug("dropped %r at %.2f-%.2f s: outside speech", raw_word.text, start, end)
+                    continue
+                start, end = min(max(start, region.start), region.end), max(min(end, region.end), region.start)
+            word = Word(raw_word.text.strip(), float(start), float(max(start, end)), float(raw_word.probability))
+            if not word.text:
+                continue
+            if not pieces or word.start - pieces[-1][1][-1].end > split_gap_s:
+                pieces.append(([], []))
+            pieces[-1][0].append(raw_word.text)
+            pieces[-1][1].append(word)
+        for texts, words in pieces:
+            emit("".join(texts), words[0].start, words[-1].end, words)
+    return segments
+
+
+def _device(device: str | None) -> tuple[str, int]:
+    """(kind, index) from "cpu", "cuda", "cuda:1", "auto" or None (CUDA when torch sees one)."""
+    if device in (None, "auto"):
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    kind, _, index = device.partition(":")
+    if kind not in ("cpu", "cuda"):
+        raise ExtractorError(f"unknown device {device!r} for speech recognition; use 'cpu', 'cuda' or 'cuda:N'")
+    return kind, int(index or 0)
 
 
 def _threads(config: AsrConfig) -> int:
@@ -170,17 +311,25 @@ def resolve_openai_checkpoint(model: str, model_path: str | os.PathLike | None =
 
 
 class SpeechRecognizer:
-    """Transcribes 16 kHz mono audio into speech segments with word timestamps."""
+    """Transcribes 16 kHz mono audio into speech segments with word timestamps.
 
-    def __init__(self, config: AsrConfig | None = None, vad: VoiceActivityDetector | None = None):
+    `device` ("cpu", "cuda", "cuda:N"; None or "auto": CUDA when torch sees one) and `model_path`
+    (a CTranslate2 folder or an openai-whisper checkpoint; overrides ``config.model_path``) are how
+    a configuration's ``device:`` and ``models:`` reach this stage.
+    """
+
+    def __init__(self, config: AsrConfig | None = None, vad: VoiceActivityDetector | None = None,
+                 device: str | None = None, model_path: str | os.PathLike | None = None):
         self.config = config or AsrConfig()
-        self.device = _device()
+        if model_path is not None:
+            self.config = replace(self.config, model_path=str(model_path))
+        self.device, self.device_index = _device(device)
         self.vad = vad if vad is not None else (VoiceActivityDetector(self.config.vad)
                                                 if self.config.vad_gate else None)
         if self.config.backend == "faster-whisper":
-            self._backend = _FasterWhisperBackend(self.config, self.device)
+            self._backend = _FasterWhisperBackend(self.config, self.device, self.device_index)
         elif self.config.backend == "openai-whisper":
-            self._backend = _OpenAIWhisperBackend(self.config, self.device)
+            self._backend = _OpenAIWhisperBackend(self.config, self.device, self.device_index)
         else:
             raise ExtractorError(f"unknown ASR backend {self.config.backend!r}; use 'faster-whisper' or 'openai-whisper'")
 
@@ -198,54 +347,52 @@ class SpeechRecognizer:
 
         `speech_regions` (from a VAD run the caller already did) skips running the VAD again.
         """
-        audio = np.asarray(audio, dtype=np.float32).reshape(-1)
+        audio = np.asarray(audio, dtype=np.float32).reshape(-1)  # [samples]
         if len(audio) == 0:
             return []
-        if self.config.vad_gate:
-            regions = speech_regions if speech_regions is not None else self.vad.detect(audio)
-            if not regions:
-                log.info("no speech detected: no transcript")
-                return []
-            timeline = _GatedTimeline(audio, regions, self.config.gap_s, self.config.region_pad_s)
-            raw, language = self._backend.transcribe(timeline.audio, progress)
-            to_source = timeline.to_source
+        cfg = self.config
+        duration = len(audio) / SAMPLE_RATE
+        if not cfg.vad_gate:
+            raw, language = self._backend.transcribe(audio, None, progress)
+            return place_in_speech(raw, None, cfg.join_gap_s, language)
+        regions = speech_regions if speech_regions is not None else self.vad.detect(audio)
+        if not regions:
+            log.info("no speech detected: no transcript")
+            return []
+        allowed = padded_regions(regions, duration, cfg.region_pad_s)
+        if cfg.decode == "in_place":
+            clips = speech_clips(regions, duration, cfg.region_pad_s, cfg.join_gap_s)
+            log.debug("ASR: %d clips, %.1f s of %.1f s", len(clips), sum(c.duration for c in clips), duration)
+            raw, language = self._backend.transcribe(audio, clips, progress)
+        elif cfg.decode == "joined":
+            timeline = _JoinedTimeline(audio, allowed, cfg.gap_s)
+            raw, language = self._backend.transcribe(timeline.audio, None, progress)
+            raw = timeline.segments_to_source(raw)
         else:
-            raw, language = self._backend.transcribe(audio, progress)
-
-            def to_source(t: float) -> float:
-                return t
-
-        segments: list[SpeechSegment] = []
-        for text, start, end, words in raw:
-            mapped = [Word(w, float(to_source(s)), float(max(to_source(s), to_source(e))), float(p))
-                      for w, s, e, p in words]
-            mapped = [w for w in mapped if w.text]
-            text = text.strip()
-            if not text:
-                continue
-            if mapped:
-                seg_start, seg_end = mapped[0].start, mapped[-1].end
-            else:
-                seg_start, seg_end = float(to_source(start)), float(to_source(end))
-            segments.append(SpeechSegment(id=f"S{len(segments)}", start=seg_start, end=seg_end,
-                                          text=text, words=mapped, language=language))
-        return segments
+            raise ExtractorError(f"unknown ASR decode mode {cfg.decode!r}; use 'joined' or 'in_place'")
+        return place_in_speech(raw, allowed, cfg.join_gap_s, language)
 
     def detect_language(self, audio: np.ndarray) -> tuple[str, float]:
         """(ISO code, probability) from the first 30 s of speech; ("en", 1.0) for English-only models."""
-        audio = np.asarray(audio, dtype=np.float32).reshape(-1)
+        audio = np.asarray(audio, dtype=np.float32).reshape(-1)  # [samples]
         if self.config.vad_gate and len(audio):
             regions = self.vad.detect(audio)
-            if regions:
-                audio = _GatedTimeline(audio, regions, self.config.gap_s, self.config.region_pad_s).audio
+            if regions:  # only the speech, back to back: times do not matter here
+                pieces = [audio[int(r.start * SAMPLE_RATE): int(r.end * SAMPLE_RATE)]
+                          for r in padded_regions(regions, len(audio) / SAMPLE_RATE, self.config.region_pad_s)]
+                audio = np.concatenate(pieces)
         return self._backend.detect_language(audio)
 
 
-_RawSegment = tuple[str, float, float, list[tuple[str, float, float, float]]]
+def _clip_timestamps(clips: list[SpeechRegion] | None) -> list[float] | str:
+    """Both decoders take clips as [start, end, start, end, ...] seconds; "0" is the whole audio."""
+    if clips is None:
+        return "0"
+    return [t for clip in clips for t in (round(clip.start, 3), round(clip.end, 3))]
 
 
 class _FasterWhisperBackend:
-    def __init__(self, config: AsrConfig, device: str):
+    def __init__(self, config: AsrConfig, device: str, device_index: int):
         from faster_whisper import WhisperModel
 
         self.config = config
@@ -253,29 +400,39 @@ class _FasterWhisperBackend:
         compute_type = config.compute_type
         if device == "cuda" and compute_type == "int8":
             compute_type = "float16"
-        self.model = WhisperModel(str(path), device=device, compute_type=compute_type,
-                                  cpu_threads=_threads(config), local_files_only=True)
+        self.model = WhisperModel(str(path), device=device, device_index=device_index,
+                                  compute_type=compute_type, cpu_threads=_threads(config),
+                                  local_files_only=True)
         self.multilingual = self.model.model.is_multilingual
-        log.info("faster-whisper %s (%s, %s) from %s", config.model, device, compute_type, path)
+        log.info("faster-whisper %s (%s:%d, %s) from %s", config.model, device, device_index, compute_type, path)
 
     def _language(self) -> str | None:
         return self.config.language if self.multilingual else "en"
 
-    def transcribe(self, audio: np.ndarray, progress) -> tuple[list[_RawSegment], str]:
+    def transcribe(self, audio: np.ndarray, clips: list[SpeechRegion] | None,
+                   progress) -> tuple[list[_RawSegment], str]:
+        cfg = self.config
         segments, info = self.model.transcribe(
             audio,
             language=self._language(),
-            beam_size=self.config.beam_size,
-            word_timestamps=self.config.word_timestamps,
-            condition_on_previous_text=self.config.condition_on_previous_text,
-            vad_filter=False,  # gating is done with our own VAD, before this call
+            beam_size=cfg.beam_size,
+            word_timestamps=cfg.word_timestamps,
+            condition_on_previous_text=cfg.condition_on_previous_text,
+            no_speech_threshold=cfg.no_speech_threshold,
+            log_prob_threshold=cfg.log_prob_threshold,
+            compression_ratio_threshold=cfg.compression_ratio_threshold,
+            hallucination_silence_threshold=cfg.hallucination_silence_threshold,
+            clip_timestamps=_clip_timestamps(clips),
+            vad_filter=False,  # gating is done with our own VAD, through clip_timestamps
         )
         raw: list[_RawSegment] = []
         for segment in segments:  # a generator: decoding happens while iterating
-            words = [(w.word.strip(), w.start, w.end, w.probability) for w in (segment.words or [])]
-            raw.append((segment.text, segment.start, segment.end, words))
+            words = [_RawWord(w.word, w.start, w.end, w.probability) for w in (segment.words or [])]
+            raw.append(_RawSegment(segment.text, segment.start, segment.end, words))
             if progress is not None and info.duration:
                 progress(min(1.0, segment.end / info.duration))
+        if progress is not None:
+            progress(1.0)
         return raw, info.language
 
     def detect_language(self, audio: np.ndarray) -> tuple[str, float]:
@@ -286,37 +443,44 @@ class _FasterWhisperBackend:
 
 
 class _OpenAIWhisperBackend:
-    def __init__(self, config: AsrConfig, device: str):
+    def __init__(self, config: AsrConfig, device: str, device_index: int):
         import whisper
 
         from extractors.whisper_convert import load_openai_whisper
 
         self.config = config
         self._whisper = whisper
+        self.device = f"cuda:{device_index}" if device == "cuda" else device
         path = resolve_openai_checkpoint(config.model, config.model_path)
-        self.model = load_openai_whisper(path, device=device)
+        self.model = load_openai_whisper(path, device=self.device)
         self.multilingual = self.model.is_multilingual
-        self.device = device
-        log.info("openai-whisper %s (%s) from %s", config.model, device, path)
+        log.info("openai-whisper %s (%s) from %s", config.model, self.device, path)
 
-    def transcribe(self, audio: np.ndarray, progress) -> tuple[list[_RawSegment], str]:
-        language = self.config.language if self.multilingual else "en"
-        threads = self.config.cpu_threads if self.device == "cpu" and self.config.cpu_threads else None
+    def transcribe(self, audio: np.ndarray, clips: list[SpeechRegion] | None,
+                   progress) -> tuple[list[_RawSegment], str]:
+        cfg = self.config
+        language = cfg.language if self.multilingual else "en"
+        threads = cfg.cpu_threads if self.device == "cpu" and cfg.cpu_threads else None
         with torch_threads(threads):  # the setting is the caller's again afterwards
             result = self.model.transcribe(
                 torch.from_numpy(audio),
                 language=language,
-                beam_size=self.config.beam_size if self.config.beam_size > 1 else None,
-                word_timestamps=self.config.word_timestamps,
-                condition_on_previous_text=self.config.condition_on_previous_text,
-                fp16=self.device == "cuda",
+                beam_size=cfg.beam_size if cfg.beam_size > 1 else None,
+                word_timestamps=cfg.word_timestamps,
+                condition_on_previous_text=cfg.condition_on_previous_text,
+                no_speech_threshold=cfg.no_speech_threshold,
+                logprob_threshold=cfg.log_prob_threshold,
+                compression_ratio_threshold=cfg.compression_ratio_threshold,
+                hallucination_silence_threshold=cfg.hallucination_silence_threshold,
+                clip_timestamps=_clip_timestamps(clips),
+                fp16=self.device.startswith("cuda"),
                 verbose=None,
             )
         raw: list[_RawSegment] = []
         for segment in result["segments"]:
-            words = [(w["word"].strip(), float(w["start"]), float(w["end"]), float(w["probability"]))
+            words = [_RawWord(w["word"], float(w["start"]), float(w["end"]), float(w["probability"]))
                      for w in segment.get("words", [])]
-            raw.append((segment["text"], float(segment["start"]), float(segment["end"]), words))
+            raw.append(_RawSegment(segment["text"], float(segment["start"]), float(segment["end"]), words))
         if progress is not None:
             progress(1.0)
         return raw, result.get("language") or language or "en"

@@ -132,15 +132,80 @@ def test_video_without_audio_gives_no_speech(recognizer, tmp_path):
     assert recognizer.transcribe(load_audio(video)) == []
 
 
-def test_gated_times_map_back_to_the_source_and_gaps_snap_to_the_nearer_edge():
-    from extractors.asr import _GatedTimeline
+def test_joined_times_map_both_ends_of_a_word_through_one_region():
+    from extractors.asr import _JoinedTimeline
     from extractors.vad import SpeechRegion
 
     audio = np.zeros(70 * SAMPLE_RATE, np.float32)
-    timeline = _GatedTimeline(audio, [SpeechRegion(1.0, 5.0), SpeechRegion(60.0, 62.0)], gap_s=0.3, pad_s=0.0)
-    assert [(s.gated_start, s.source_start, s.duration) for s in timeline.spans] == [(0.0, 1.0, 4.0), (4.3, 60.0, 2.0)]
-    assert timeline.to_source(2.5) == pytest.approx(3.5)    # inside the first region
-    assert timeline.to_source(4.05) == pytest.approx(5.0)   # gap, nearer the first region's end
-    assert timeline.to_source(4.25) == pytest.approx(60.0)  # gap, nearer the second region's start
-    assert timeline.to_source(5.3) == pytest.approx(61.0)   # inside the second region
-    assert timeline.to_source(9.0) == pytest.approx(62.0)   # past the end
+    timeline = _JoinedTimeline(audio, [SpeechRegion(1.0, 5.0), SpeechRegion(60.0, 62.0)], gap_s=0.3)
+    assert [(r.start, r.end) for r in timeline.joined] == [(0.0, 4.0), (4.3, 6.3)]
+    assert timeline.to_source(2.0, 2.5) == pytest.approx((3.0, 3.5))     # inside the first region
+    assert timeline.to_source(5.0, 5.3) == pytest.approx((60.7, 61.0))   # inside the second region
+    # A word that starts before the cut-out silence and ends after it: its middle (4.4) is in the
+    # second region, so both ends are placed there (the old mapping gave 4.0 -> 61.0 s).
+    assert timeline.to_source(3.9, 4.9) == pytest.approx((60.0, 60.6))
+    assert timeline.to_source(4.05, 4.1) == pytest.approx((5.0, 5.0))    # in the gap: the nearer edge
+    assert timeline.to_source(4.25, 4.28) == pytest.approx((60.0, 60.0))
+    assert timeline.to_source(9.0, 9.5) == pytest.approx((62.0, 62.0))   # past the end
+
+
+def test_words_are_kept_in_speech_and_segments_split_at_silence():
+    from extractors.asr import _RawSegment, _RawWord, place_in_speech
+    from extractors.vad import SpeechRegion
+
+    regions = [SpeechRegion(0.0, 2.0), SpeechRegion(2.5, 4.0), SpeechRegion(30.0, 32.0)]
+    raw = [_RawSegment(" Ask not, thank you. Ask what", 0.0, 31.0, [
+        _RawWord(" Ask", 0.1, 1.2, 0.9),
+        _RawWord(" not,", 1.8, 2.6, 0.9),     # straddles a short pause: clamped to the region of its middle
+        _RawWord(" thank", 10.0, 10.5, 0.2),  # where nobody speaks: dropped
+        _RawWord(" you.", 2.7, 12.0, 0.2),    # reaches far into the silence: cut at the region's end
+        _RawWord(" Ask", 29.0, 30.4, 0.9),    # starts in the silence: starts where speech does
+        _RawWord(" what", 30.4, 30.8, 0.9),
+    ])]
+    segments = place_in_speech(raw, regions, split_gap_s=1.0, language="en")
+    assert [s.text for s in segments] == ["Ask not, you.", "Ask what"]  # split at the 26 s silence
+    assert [s.id for s in segments] == ["S0", "S1"]
+    words = [(w.text, w.start, w.end) for s in segments for w in s.words]
+    assert words == [("Ask", 0.1, 1.2), ("not,", 1.8, 2.0), ("you.", 2.7, 4.0), ("Ask", 30.0, 30.4),
+                     ("what", 30.4, 30.8)]
+    assert (segments[0].start, segments[0].end, segments[1].start, segments[1].end) == (0.1, 4.0, 30.0, 30.8)
+    assert place_in_speech(raw, None, split_gap_s=100.0, language="en")[0].words[2].text == "thank"
+
+
+def jfk_with_silence(jfk: np.ndarray, seconds: float = 60.0) -> np.ndarray:
+    """jfk.flac with `seconds` of silence inserted into the pause after "Americans" (2.27-3.27 s)."""
+    cut = int(2.77 * SAMPLE_RATE)
+    return np.concatenate([jfk[:cut], np.zeros(int(seconds * SAMPLE_RATE), np.float32), jfk[cut:]])
+
+
+def check_inside_speech(segments, regions, pad_s: float, split_gap_s: float):
+    """No word leaves the (padded) speech regions; no segment spans a silence over `split_gap_s`."""
+    from extractors.asr import padded_regions
+
+    allowed = padded_regions(regions, 1e9, pad_s)
+    for segment in segments:
+        for word in segment.words:
+            assert any(r.start - 1e-6 <= word.start <= word.end <= r.end + 1e-6 for r in allowed), \
+                (word, segment.text)
+        for before, after in zip(segment.words, segment.words[1:], strict=False):
+            assert after.start - before.end <= split_gap_s, (before, after, segment.text)
+        silence = [(a.end, b.start) for a, b in zip(allowed, allowed[1:], strict=False)
+                   if b.start - a.end > split_gap_s]
+        assert not any(segment.start < start and end < segment.end for start, end in silence), segment
+
+
+@pytest.mark.parametrize("decode", ["joined", "in_place"])
+def test_inserted_silence_keeps_words_and_segments_in_speech(jfk, decode):
+    """The old mapping gave "ask" 2.26-63.86 s and its segment 0.12-67.65 s."""
+    config = AsrConfig(decode=decode)
+    recognizer = SpeechRecognizer(config)
+    audio = jfk_with_silence(jfk)
+    regions = recognizer.vad.detect(audio)
+    segments = recognizer.transcribe(audio, regions)
+    check_inside_speech(segments, regions, config.region_pad_s, config.join_gap_s)
+    text = " ".join(s.text for s in segments)
+    assert wer(JFK, text) <= (0.0 if decode == "joined" else 0.1), text
+    words = [w for s in segments for w in s.words]
+    first_ask = next(w for w in words if normalize(w.text) == "ask")
+    assert 62.9 < first_ask.start < first_ask.end < 64.1  # said at 63.27-63.84 s
+    assert max(s.end for s in segments if s.start < 10.0) < 2.6  # the first segment ends before the silence
