@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import tracemalloc
 
 import av
 import numpy as np
@@ -109,3 +110,29 @@ def test_a_truncated_file_gives_what_is_there_and_warns(tmp_path, caplog, name, 
         audio = load_audio(cut)
     assert 0.5 < len(audio) / SAMPLE_RATE < 3.5
     assert "looks truncated" in caplog.text and cut.name in caplog.text
+
+
+def test_decoding_holds_one_copy_of_the_signal(tmp_path, media_dir):
+    # An hour at 16 kHz is 230 MB; decoded chunks joined, padded and clipped held three or four copies.
+    speech = load_audio(media_dir / "jfk.flac")
+    path = tmp_path / "long.flac"
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("flac", rate=SAMPLE_RATE)
+        stream.layout = "mono"
+        signal = np.tile(speech, 11)[None]                             # [1, S]: 121 s
+        for first in range(0, signal.shape[1], 4096):
+            frame = av.AudioFrame.from_ndarray(signal[:, first: first + 4096], format="flt", layout="mono")
+            frame.sample_rate = SAMPLE_RATE
+            for packet in stream.encode(frame):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    del signal
+    tracemalloc.start()   # numpy reports its buffers to tracemalloc
+    try:
+        audio = load_audio(path)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert len(audio) == 11 * len(speech)                           # 121 s, 7.7 MB
+    assert peak < 1.3 * audio.nbytes, peak / audio.nbytes
