@@ -10,7 +10,7 @@ from whisper.normalizers import EnglishTextNormalizer
 
 from extractors.asr import AsrConfig, SpeechRecognizer
 from extractors.audio import SAMPLE_RATE, load_audio
-from extractors.errors import ModelNotFoundError
+from extractors.errors import ExtractorError, ModelNotFoundError
 from extractors.model_store import resolve_model
 from extractors.whisper_convert import convert_ct2_to_openai_whisper, read_ct2_model
 
@@ -74,12 +74,17 @@ def test_silence_around_speech_is_not_transcribed(recognizer, jfk):
     assert segments[0].start > 10.0 and segments[-1].end < 21.0  # times are in the padded audio
 
 
+@pytest.fixture(scope="module")
+def openai_checkpoint(tmp_path_factory):
+    return convert_ct2_to_openai_whisper(resolve_model("whisper-tiny.en"),
+                                         tmp_path_factory.mktemp("openai") / "tiny.en.pt")
+
+
 @pytest.mark.slow
-def test_openai_whisper_backend_on_converted_checkpoint(tmp_path, jfk):
-    checkpoint = convert_ct2_to_openai_whisper(resolve_model("whisper-tiny.en"), tmp_path / "tiny.en.pt")
-    loaded = torch.load(checkpoint, weights_only=True)  # no pickled code
+def test_openai_whisper_backend_on_converted_checkpoint(openai_checkpoint, jfk):
+    loaded = torch.load(openai_checkpoint, weights_only=True)  # no pickled code
     assert loaded["dims"]["n_text_layer"] == 4 and loaded["alignment_heads"][0] == [1, 0]
-    recognizer = SpeechRecognizer(AsrConfig(backend="openai-whisper", model_path=str(checkpoint)),
+    recognizer = SpeechRecognizer(AsrConfig(backend="openai-whisper", model_path=str(openai_checkpoint)),
                                   vad=None)
     check_jfk(recognizer.transcribe(jfk))
 
@@ -194,11 +199,17 @@ def check_inside_speech(segments, regions, pad_s: float, split_gap_s: float):
         assert not any(segment.start < start and end < segment.end for start, end in silence), segment
 
 
-@pytest.mark.parametrize("decode", ["joined", "in_place"])
-def test_inserted_silence_keeps_words_and_segments_in_speech(jfk, decode):
-    """The old mapping gave "ask" 2.26-63.86 s and its segment 0.12-67.65 s."""
-    config = AsrConfig(decode=decode)
-    recognizer = SpeechRecognizer(config)
+@pytest.mark.parametrize("backend, decode", [
+    ("faster-whisper", "joined"),
+    ("faster-whisper", "in_place"),
+    pytest.param("openai-whisper", "joined", marks=pytest.mark.slow),
+    pytest.param("openai-whisper", "in_place", marks=pytest.mark.slow),
+])
+def test_inserted_silence_keeps_words_and_segments_in_speech(jfk, request, backend, decode):
+    """The old mapping gave "ask" 2.26-63.86 s and its segment 0.12-67.65 s (both backends)."""
+    config = AsrConfig(backend=backend, decode=decode)
+    checkpoint = request.getfixturevalue("openai_checkpoint") if backend == "openai-whisper" else None
+    recognizer = SpeechRecognizer(config, model_path=checkpoint)
     audio = jfk_with_silence(jfk)
     regions = recognizer.vad.detect(audio)
     segments = recognizer.transcribe(audio, regions)
@@ -209,3 +220,14 @@ def test_inserted_silence_keeps_words_and_segments_in_speech(jfk, decode):
     first_ask = next(w for w in words if normalize(w.text) == "ask")
     assert 62.9 < first_ask.start < first_ask.end < 64.1  # said at 63.27-63.84 s
     assert max(s.end for s in segments if s.start < 10.0) < 2.6  # the first segment ends before the silence
+
+
+def test_device_and_model_path_reach_the_recognizer(tmp_path):
+    """What the pipeline passes (configuration's device: and models:) is what the recogniser uses."""
+    recognizer = SpeechRecognizer(AsrConfig(), vad=None, device="cpu",
+                                  model_path=resolve_model("whisper-tiny.en"))
+    assert recognizer.device == "cpu" and recognizer.config.model_path == str(resolve_model("whisper-tiny.en"))
+    with pytest.raises(ModelNotFoundError, match="not a CTranslate2 Whisper folder"):
+        SpeechRecognizer(AsrConfig(), vad=None, device="cpu", model_path=tmp_path)  # overrides the config
+    with pytest.raises(ExtractorError, match="unknown device"):
+        SpeechRecognizer(AsrConfig(), vad=None, device="tpu")
