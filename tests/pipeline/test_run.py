@@ -1,0 +1,128 @@
+"""``pipeline run`` end to end on real footage: the JSON, the characters, the cache, resume."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import jsonschema
+import pytest
+
+from pipeline.run import STAGE_FOLDER, TIMELINE_NAME
+from pipeline.timeline import SCHEMA_PATH
+
+STAGES = {"visual", "vad", "asr", "diarization", "speaking", "acoustic", "text", "scoring"}
+
+
+@pytest.fixture(scope="module")
+def interview_run(runner, media_dir, tmp_path_factory):
+    out = tmp_path_factory.mktemp("interview")
+    return runner.run(media_dir / "visualvoice_interview.mp4", out), out
+
+
+def check_document(document: dict) -> None:
+    jsonschema.validate(document, json.loads(SCHEMA_PATH.read_text()))
+    ids = {c["id"] for c in document["characters"]}
+    segment_ids = {s["id"] for s in document["segments"]}
+    for segment in document["segments"]:
+        assert segment["text"].strip(), segment
+        assert segment["character"] is None or segment["character"] in ids
+        assert segment["start"] < segment["end"]
+        for word in segment["words"]:
+            assert segment["start"] - 1e-3 <= word["start"] <= word["end"] <= segment["end"] + 1e-3
+    for entry in document["timeline"]:
+        assert entry["character"] in ids
+        assert entry["segment"] is None or entry["segment"] in segment_ids
+        assert set(entry["probs"]) == set(document["model"]["labels"])
+        assert all(0.0 <= p <= 1.0 for p in entry["probs"].values())
+        if entry["role"] == "listener":
+            assert entry["modalities"] == ["visual"], entry
+        else:
+            assert "visual" in entry["modalities"] and "acoustic" in entry["modalities"], entry
+
+
+def test_interview_timeline(interview_run):
+    result, out = interview_run
+    document = json.loads((out / TIMELINE_NAME).read_text())
+    assert document == result.document
+    check_document(document)
+    assert len(document["characters"]) == 2
+    assert document["segments"], "the interview is full of speech"
+    assert sum(s["character"] is not None for s in document["segments"]) >= len(document["segments"]) // 2
+    roles = {e["role"] for e in document["timeline"]}
+    assert roles == {"speaker", "listener"}
+    # both characters get a timeline, speaking and listening
+    for character in document["characters"]:
+        assert {e["role"] for e in document["timeline"] if e["character"] == character["id"]} >= {"listener"}
+        assert character["screen_time"] > 10.0
+        thumbnail = character["thumbnail"]
+        assert (out / thumbnail["file"]).stat().st_size > 1000
+    # host left, guest right: their thumbnails are on different halves of the frame
+    xs = sorted((c["thumbnail"]["box"][0] + c["thumbnail"]["box"][2]) / 2 for c in document["characters"])
+    assert xs[0] < 640 < xs[1]
+    provenance = document["provenance"]
+    assert set(provenance["stages"]) == STAGES
+    assert not any(stage["cached"] for stage in provenance["stages"].values())
+    assert provenance["models"]["ramer"]["path"]
+
+
+def test_second_run_recomputes_nothing(runner, media_dir, interview_run):
+    first, out = interview_run
+    ran = []
+    second = runner.run(media_dir / "visualvoice_interview.mp4", out,
+                        on_stage_done=lambda stage, record: ran.append(stage) if not record.cached else None)
+    assert ran == []
+    assert set(second.stages) == STAGES and all(r.cached for r in second.stages.values())
+    strip = lambda d: {k: v for k, v in d.items() if k != "provenance"}  # noqa: E731
+    assert strip(second.document) == strip(first.document)
+
+
+class Interrupted(Exception):
+    pass
+
+
+def test_interrupted_run_resumes(runner, media_dir, interview_run, tmp_path):
+    _, finished = interview_run
+    out = tmp_path / "resume"
+    shutil.copytree(finished / STAGE_FOLDER, out / STAGE_FOLDER)
+    for stage in ("speaking", "acoustic", "text", "scoring"):   # as if killed after diarization
+        (out / STAGE_FOLDER / f"{stage}.json").unlink()
+
+    def stop_after_text(stage, record):
+        if stage == "text":
+            raise Interrupted
+
+    with pytest.raises(Interrupted):
+        runner.run(media_dir / "visualvoice_interview.mp4", out, on_stage_done=stop_after_text)
+    assert not (out / TIMELINE_NAME).exists()
+    ran = []
+    result = runner.run(media_dir / "visualvoice_interview.mp4", out,
+                        on_stage_done=lambda stage, record: ran.append(stage) if not record.cached else None)
+    assert ran == ["scoring"]   # speaking, acoustic and text were finished before the interruption
+    check_document(result.document)
+
+
+def test_changed_setting_recomputes_that_stage_and_later(runner, media_dir, interview_run, tmp_path):
+    from pipeline.config import PipelineConfig
+    from pipeline.run import PipelineRunner
+
+    _, finished = interview_run
+    out = tmp_path / "changed"
+    shutil.copytree(finished / STAGE_FOLDER, out / STAGE_FOLDER)
+    config = PipelineConfig.model_validate({"moments": {"listen_window_s": 2.0}, "device": "cpu"})
+    changed = PipelineRunner(config)
+    changed.stages = runner.stages  # same models; only the moment windows differ
+    ran = []
+    changed.run(media_dir / "visualvoice_interview.mp4", out,
+                on_stage_done=lambda stage, record: ran.append(stage) if not record.cached else None)
+    assert ran == ["scoring"]
+
+
+def test_sample_clip(runner, tmp_path):
+    from tests.conftest import REPO_ROOT
+
+    truth = json.loads((REPO_ROOT / "samples" / "two_people.json").read_text())
+    result = runner.run(REPO_ROOT / "samples" / "two_people.mp4", tmp_path / "sample")
+    check_document(result.document)
+    assert len(result.document["characters"]) == len(truth["characters"]) == 2
+    assert all(s["character"] is not None for s in result.document["segments"])

@@ -1,0 +1,46 @@
+"""The stage cache: keys, whole-or-nothing entries, --force."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from pipeline.stage_cache import StageCache, stage_key
+
+
+def test_key_depends_on_every_input():
+    base = stage_key("asr", "a" * 64, {"beam": 1}, {"whisper": "package:1"}, ["k1"])
+    assert base == stage_key("asr", "a" * 64, {"beam": 1}, {"whisper": "package:1"}, ["k1"])
+    assert base != stage_key("asr", "b" * 64, {"beam": 1}, {"whisper": "package:1"}, ["k1"])
+    assert base != stage_key("asr", "a" * 64, {"beam": 5}, {"whisper": "package:1"}, ["k1"])
+    assert base != stage_key("asr", "a" * 64, {"beam": 1}, {"whisper": "cache:2"}, ["k1"])
+    assert base != stage_key("asr", "a" * 64, {"beam": 1}, {"whisper": "package:1"}, ["k2"])
+
+
+def test_round_trip_reuse_and_force(tmp_path):
+    calls = []
+
+    def compute():
+        calls.append(1)
+        return {"n": 3}, {"x": np.arange(6, dtype=np.float32).reshape(2, 3)}
+
+    cache = StageCache(tmp_path)
+    data, arrays = cache.run("stage", "k", compute)
+    again, again_arrays = StageCache(tmp_path).run("stage", "k", compute)
+    assert len(calls) == 1 and again == data and np.array_equal(again_arrays["x"], arrays["x"])
+    StageCache(tmp_path).run("stage", "other-key", compute)
+    assert len(calls) == 2
+    StageCache(tmp_path, force=True).run("stage", "other-key", compute)
+    assert len(calls) == 3
+
+
+def test_damaged_arrays_are_recomputed(tmp_path):
+    calls = []
+
+    def compute():
+        calls.append(1)
+        return {}, {"x": np.ones(100, np.float32)}
+
+    StageCache(tmp_path).run("stage", "k", compute)
+    (tmp_path / "stage.npz").write_bytes(b"half a file")
+    StageCache(tmp_path).run("stage", "k", compute)
+    assert len(calls) == 2
