@@ -33,6 +33,7 @@ import hashlib
 import json
 import logging
 import math
+import re
 import shutil
 import subprocess
 import sys
@@ -394,6 +395,12 @@ def encode(path: Path, frames_rgb, audio: np.ndarray, rate: int) -> None:
         container.mux(sound.encode(None))
 
 
+def readable_json(value) -> str:
+    """Indented JSON with each list of numbers on one line (the mouth series would take 900 lines)."""
+    text = json.dumps(value, indent=2)
+    return re.sub(r"\[\s+([-0-9.,\s]+?)\s+\]", lambda m: "[" + " ".join(m.group(1).split()) + "]", text) + "\n"
+
+
 def render(photos, faces, envelopes, layout, frames: int):
     """Yields [HEIGHT, WIDTH, 3] uint8 RGB frames."""
     specs = {spec.name: spec for spec in CAST}
@@ -453,9 +460,11 @@ def main(argv: list[str] | None = None) -> int:
         # Per-line espeak-ng settings, so a reader can see how each emotion was rendered.
         "prosody": [{"speaker": line.speaker, "pitch": line.pitch, "speed": line.speed,
                      "amplitude": line.amplitude} for line in SCRIPT],
+        # How far each mouth is open in every frame (0 closed .. 1 widest): ground truth for lip sync.
+        "mouth_opening": {name: [round(float(v), 3) for v in values] for name, values in envelopes.items()},
     }
     json_path = args.out_dir / f"{NAME}.json"
-    write_atomically(json_path, lambda p: p.write_text(json.dumps(truth, indent=2) + "\n"))
+    write_atomically(json_path, lambda p: p.write_text(readable_json(truth)))
     for path in (video_path, json_path):
         path.chmod(0o644)   # write_atomically's temporary files are private; these are for everyone
     log.info("wrote %s (%.2f s, %d frames, %.0f kB) and %s", video_path, duration, frames,
