@@ -7,8 +7,15 @@ Every configuration runs in a fresh subprocess so that its peak memory (``ru_max
 * the same model with the supervised contrastive loss swapped for a reference-style implementation
   written the way the public RAMer/CARAT code does it (dense float label masks; every row of
   anchors + queue used as an anchor against every row);
+* the same model with this code's chunked loss running the reference *algorithm* (every queue row
+  also an anchor, mean over batch + queue rows): the same work as the reference, done our way;
 * the contrastive loss alone: ours vs that reference style vs a dense version restricted to the
   same anchors as ours (to separate the algorithmic saving from the anchor-set difference).
+
+What the 5x target is measured on: "this model" (the default) uses only the batch's views as anchors,
+which is less work than the reference algorithm, so its ratio to the reference-style step mixes a
+faster implementation with a smaller job. The like-for-like ratio, printed separately, is the
+reference-style step against "this model, reference algorithm" (same anchors, same loss).
 
 The public reference design's own numbers on this kind of machine (from issue 3) are quoted in the
 table: 6.7 s per training step, 0.29 s per inference batch, 9.0 GiB peak.
@@ -75,6 +82,18 @@ def reference_style_supcon(anchors, anchor_ids, queue, queue_ids, temperature=0.
     log_prob = logits - torch.log(exp_logits.sum(1, keepdim=True) + 1e-12)
     mean_log_prob_pos = (mask * log_prob).sum(1) / (mask.sum(1) + 1e-12)
     return -mean_log_prob_pos.mean()
+
+
+def ours_all_rows_supcon(anchors, anchor_ids, queue, queue_ids, temperature=0.07):
+    """The reference algorithm (queue rows are anchors too) with this code's chunked loss: batch views
+    and queue rows are all anchors, contrasted with each other; mean over all N + Q rows."""
+    import torch
+
+    from ramer_core.losses import supervised_contrastive_loss
+
+    rows = torch.cat([anchors, queue.detach().to(anchors.dtype)])
+    ids = torch.cat([anchor_ids, queue_ids])
+    return supervised_contrastive_loss(rows, ids, rows[:0].detach(), ids[:0], temperature)
 
 
 def make_reference_style(model) -> None:
@@ -201,7 +220,8 @@ def worker(job: dict) -> dict:
     _fill_queue(model, device)
     supcon_times: list[float] = []
     anchors_seen: list[int] = []
-    implementation = reference_style_supcon if job["supcon"] == "reference" else supervised_contrastive_loss
+    implementation = {"reference": reference_style_supcon, "ours_all_rows": ours_all_rows_supcon}.get(
+        job["supcon"], supervised_contrastive_loss)
 
     def timed_supcon(anchors, ids, queue, queue_ids, temperature):
         _sync(device)
@@ -209,6 +229,7 @@ def worker(job: dict) -> dict:
         loss = implementation(anchors, ids, queue, queue_ids, temperature)
         _sync(device)
         supcon_times.append(time.perf_counter() - start)
+        # rows of the anchor x contrast matrix: every row is a contrast; anchors differ by algorithm
         anchors_seen.append(anchors.shape[0] + queue.shape[0])
         return loss
 
@@ -280,6 +301,9 @@ def _supcon_worker(job, device, baseline) -> dict:
     if job["supcon"] == "ours":
         def fn():
             return supervised_contrastive_loss(anchors, ids, queue, queue_ids, 0.07)
+    elif job["supcon"] == "ours_all_rows":
+        def fn():
+            return ours_all_rows_supcon(anchors, ids, queue, queue_ids, 0.07)
     else:
         def fn():
             return reference_style_supcon(anchors, ids, queue, queue_ids, 0.07,
@@ -295,7 +319,7 @@ def _supcon_worker(job, device, baseline) -> dict:
         anchors.grad = None
         _sync(device)
         t2 = time.perf_counter()
-        if job["supcon"] != "ours":  # the dense label mask alone, as the public code builds it
+        if job["supcon"] not in ("ours", "ours_all_rows"):  # the dense label mask alone, as the public code builds it
             labels = torch.cat([ids, queue_ids]).view(-1, 1)
             rows = n + q if job["supcon"] == "reference" else n
             _sync(device)
@@ -352,7 +376,7 @@ def main() -> int:
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--quick", action="store_true", help="2 steps, MOSEI only (smoke test)")
     parser.add_argument("--skip-reference-step", action="store_true",
-                        help="skip the training step with the reference-style loss (needs ~10 GiB)")
+                        help="skip the reference-style training step and loss (need ~6 GiB and ~5 GiB)")
     parser.add_argument("--omp-wait-policy", default="PASSIVE", choices=["PASSIVE", "ACTIVE"],
                         help="OpenMP idle threads sleep (PASSIVE, default) or spin; spinning threads make "
                              "timings on a shared machine several times worse")
@@ -389,6 +413,7 @@ def main() -> int:
                 f"{1 / REFERENCE['train_step_s']:.3f} | | 6.4 | | {REFERENCE['supcon_forward_s']} | 11648 | "
                 f"{args.batch / REFERENCE['inference_batch_s']:.0f} | {REFERENCE['peak_gib']} | | |")
         variants = [(d, "ours", False) for d in datasets]
+        variants.insert(1, ("mosei", "ours_all_rows", False))
         if not args.skip_reference_step:
             variants.insert(1, ("mosei", "reference", False))
         if not args.quick:
@@ -399,9 +424,11 @@ def main() -> int:
             job = dict(base, dataset=dataset, supcon=supcon, device=device, bf16=bf16)
             train = run_job(dict(job, kind="train", steps=steps))
             infer = run_job(dict(job, kind="infer", steps=args.inference_steps, warmup=2)) if supcon == "ours" else {}
-            name = f"{dataset}, " + ("this model" if supcon == "ours" else
-                                     "reference-style step: same model with dense SupCon over all rows, "
-                                     "bernoulli dropout, per-sample prototype loop, list shuffles")
+            name = f"{dataset}, " + {
+                "ours": "this model (anchors: the batch's views only)",
+                "ours_all_rows": "this model, reference algorithm (queue rows also anchors, our chunked loss)",
+                "reference": "reference-style step: same model with dense SupCon over all rows, "
+                             "bernoulli dropout, per-sample prototype loop, list shuffles"}[supcon]
             if bf16:
                 name += ", bf16 autocast (other precision: not the headline)"
             if "error" in train:
@@ -419,12 +446,18 @@ def main() -> int:
             )
             print(lines[-1], file=sys.stderr, flush=True)
         ours, ref = measured.get(("mosei", "ours")), measured.get(("mosei", "reference"))
+        same_work = measured.get(("mosei", "ours_all_rows"))
+        if same_work and ref:
+            lines += ["", f"Like for like (the 5x target is measured here): reference-style step vs this model running "
+                          f"the reference algorithm: {ref['step_s'] / same_work['step_s']:.1f}x wall time, "
+                          f"{ref['step_cpu_s'] / same_work['step_cpu_s']:.1f}x CPU time."]
         if ours and device == "cpu":
             lines += ["", f"MOSEI training throughput vs the quoted reference design: "
                           f"{REFERENCE['train_step_s'] / ours['step_s']:.1f}x (median wall time; the quoted figure "
                           f"was taken on an idle machine), peak memory {ours['peak_bytes'] / 2**30 / REFERENCE['peak_gib']:.2f}x."]
         if ours and ref:
-            lines += ["", f"Same run, same load: this model vs the reference-style step: "
+            lines += ["", f"Same run, same load, NOT like for like (this model does less contrastive work): "
+                          f"this model vs the reference-style step: "
                           f"{ref['step_s'] / ours['step_s']:.1f}x wall time, {ref['step_cpu_s'] / ours['step_cpu_s']:.1f}x CPU "
                           f"time, peak memory {ours['peak_bytes'] / ref['peak_bytes']:.2f}x."]
         lines += ["", f"## Contrastive loss alone, {device}: 3456 anchors (64 x 9 views x 6 labels), queue 8192", "",
@@ -433,8 +466,11 @@ def main() -> int:
         for supcon, rows, label in [
             ("ours", 3456, "this model (class-id sums, chunked log-sum-exp)"),
             ("dense_same_anchors", 3456, "dense float masks, same anchors as ours"),
+            ("ours_all_rows", 11648, "this code's chunked loss, reference algorithm (queue rows also anchors)"),
             ("reference", 11648, "reference style: dense float masks, queue rows also anchors"),
         ]:
+            if supcon == "reference" and args.skip_reference_step:
+                continue
             load = os.getloadavg()[0]
             r = run_job(dict(base, kind="supcon", supcon=supcon, device=device, steps=steps, warmup=1))
             if "error" in r:
