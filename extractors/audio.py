@@ -62,31 +62,25 @@ def load_audio(
         expected_end = None if header is None else header - origin       # seconds from the origin
         known_end = min(e for e in (end, expected_end, float("inf")) if e is not None)
         output = _Output(sample_rate * (known_end - span_start + 2.0) if np.isfinite(known_end) else 0)
-        resampler = av.AudioResampler(format="flt", layout="mono", rate=sample_rate)
-        position: int | None = None   # output index of the next resampled sample
+        timeline = _Timeline(output, sample_rate, zero=origin + span_start, path=path)
         stopped_early = False
         try:
             # No seeking for `start`: the resampler's sample grid would then depend on where the
             # seek landed, and a span would differ from the same slice of the full decode.
             # Decoding compressed audio runs at several hundred times real time.
             for frame in container.decode(stream):
-                if position is None:
-                    first_time = float(frame.time) if frame.time is not None else origin
-                    position = int(round((first_time - origin - span_start) * sample_rate))
-                for resampled in resampler.resample(frame):
-                    position = output.put(position, resampled.to_ndarray().reshape(-1))
+                timeline.add(frame)
                 if end is not None and frame.time is not None and frame.time - origin > end:
                     stopped_early = True
                     break
         except (av.error.FFmpegError, ValueError) as error:
-            if position is None:
+            if timeline.position is None:
                 raise MediaError(f"cannot decode the audio of {path}: {error}; the file may be corrupt") from error
             stopped_early = True
             log.warning("%s: audio decoding stopped after %.2f s (%s); the file looks truncated",
-                        path, span_start + position / sample_rate, error)
-        if position is not None:
-            for resampled in resampler.resample(None):  # flush the resampler's buffer
-                position = output.put(position, resampled.to_ndarray().reshape(-1))
+                        path, span_start + timeline.position / sample_rate, error)
+        timeline.finish()
+    position = timeline.position
     length = max(0, position or 0)
     if end is not None:
         length = min(length, max(0, int(round((end - span_start) * sample_rate))))
@@ -95,6 +89,89 @@ def load_audio(
         log.warning("%s: audio data ends at %.2f s but the header says %.2f s; the file looks truncated",
                     path, decoded_end, expected_end)
     return output.result(length)
+
+
+class _Timeline:
+    """Puts each decoded frame at its presentation time: samples are joined end to end only while the
+    timestamps say they follow on.
+
+    Broadcast MPEG-TS has holes in its audio timestamps, and so does a stream-copied concatenation at
+    every join; joined end to end, all later sound came early (36 s by the end of a 60-minute
+    concatenation). A frame whose time is more than `GAP_TOLERANCE` from where the samples so far end
+    starts a new run: the resampler is flushed (its filter would smear the two sides together) and a
+    fresh one starts at the frame's own time, so a hole stays silent and a small step back overwrites
+    the overlap in place. Within the tolerance (timestamp rounding) samples run on, so a file without
+    holes gives exactly the one resampled run it always did, and drift stays under the tolerance.
+    """
+
+    GAP_TOLERANCE = 0.02    # seconds; a 1024-sample AAC frame at 48 kHz is 21 ms
+    MAX_STEP_BACK = 1.0     # seconds; further back is a restarted clock (files appended), not an overlap
+
+    def __init__(self, output: _Output, sample_rate: int, zero: float, path: Path):
+        self.output, self.sample_rate, self.zero, self.path = output, sample_rate, zero, path
+        self.position: int | None = None   # output index of the next resampled sample
+        self.resampler: av.AudioResampler | None = None
+        self.run_format: tuple | None = None
+        self.run_start_time = 0.0           # container seconds of the current run's first sample
+        self.run_samples = 0                # input samples fed since then
+        self.clock_shift = 0                # output samples added to every time after a restarted clock
+        self.holes = 0
+        self.silence = 0                    # output samples of silence put into holes
+
+    def add(self, frame: av.AudioFrame) -> None:
+        time = float(frame.time) if frame.time is not None else None
+        frame_format = (frame.format.name, frame.layout.name, frame.sample_rate)
+        if self.position is None:
+            self.position = self._index(time if time is not None else self.zero)
+            self._start_run(time, frame_format)
+        elif frame_format != self.run_format:        # the resampler is set up for one input format
+            self._flush()
+            self._start_run(time, frame_format)
+        elif time is not None:
+            follows_at = self.run_start_time + self.run_samples / frame.sample_rate
+            if abs(time - follows_at) > self.GAP_TOLERANCE:
+                self._flush()
+                self._jump_to(time)
+                self._start_run(time, frame_format)
+        for resampled in self.resampler.resample(frame):
+            self.position = self.output.put(self.position, resampled.to_ndarray().reshape(-1))
+        self.run_samples += frame.samples
+
+    def finish(self) -> None:
+        if self.position is None:
+            return
+        self._flush()
+        if self.holes:
+            log.info("%s: %d hole(s) in the audio timestamps, filled with %.2f s of silence",
+                     self.path, self.holes, self.silence / self.sample_rate)
+
+    def _index(self, time: float) -> int:
+        """Output index of container time ``time``."""
+        return int(round((time - self.zero) * self.sample_rate)) + self.clock_shift
+
+    def _jump_to(self, time: float) -> None:
+        target = self._index(time)
+        if target < self.position - self.MAX_STEP_BACK * self.sample_rate:
+            log.warning("%s: audio timestamps go back %.2f s at %.2f s (a restarted clock, such as files "
+                        "appended to each other); the audio after it follows on from there",
+                        self.path, (self.position - target) / self.sample_rate, self.position / self.sample_rate)
+            self.clock_shift += self.position - target
+            target = self.position
+        elif target > self.position:
+            self.holes += 1
+            self.silence += target - self.position
+        self.position = target
+
+    def _start_run(self, time: float | None, frame_format: tuple) -> None:
+        self.resampler = av.AudioResampler(format="flt", layout="mono", rate=self.sample_rate)
+        self.run_format = frame_format
+        # A frame without a time continues where the samples so far end.
+        self.run_start_time = time if time is not None else self.zero + (self.position - self.clock_shift) / self.sample_rate
+        self.run_samples = 0
+
+    def _flush(self) -> None:
+        for resampled in self.resampler.resample(None):   # the resampler's buffered tail
+            self.position = self.output.put(self.position, resampled.to_ndarray().reshape(-1))
 
 
 class _Output:
