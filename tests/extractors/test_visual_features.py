@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from fractions import Fraction
+
 import av
+import cv2
 import numpy as np
 import pytest
 import torch
@@ -113,3 +116,61 @@ def test_sequences_of_a_talking_head(extractor, media_dir):
     assert times.shape == (0,) and features.shape == (0, D_VISUAL)
     with pytest.raises(KeyError):
         result.sequence("C9", 0.0, 1.0)
+
+
+def _clip_from(source, path, rate, seconds, size=None, canvas=None):
+    """Re-times ``source`` at ``rate`` frames/s for ``seconds`` (optionally resized, or pasted centred on a
+    black ``canvas`` (width, height)) and writes it to ``path`` as H.264."""
+    frames = [f.image for f in iter_frames(source, fps=float(rate))][: int(seconds * rate)]
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("libx264", rate=rate)
+        height, width = frames[0].shape[:2] if size is None else size[::-1]
+        if canvas is not None:
+            width, height = canvas
+        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+        stream.options = {"preset": "ultrafast"}
+        for image in frames:
+            if size is not None:
+                image = cv2.resize(image, size, interpolation=cv2.INTER_AREA)
+            if canvas is not None:
+                board = np.zeros((height, width, 3), np.uint8)
+                y, x = (height - image.shape[0]) // 2, (width - image.shape[1]) // 2
+                board[y : y + image.shape[0], x : x + image.shape[1]] = image
+                image = board
+            for packet in stream.encode(av.VideoFrame.from_ndarray(image, format="rgb24")):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    return path
+
+
+@pytest.mark.slow
+def test_4k_frames_are_detected_in_small_batches(extractor, media_dir, tmp_path, monkeypatch):
+    # A face in the middle of a 3840x2160 frame: detection batches are capped by pixels (2 frames at 4K,
+    # not 8), features come out for every frame, boxes in 4K pixels.
+    path = _clip_from(media_dir / "retalking_face1.mp4", tmp_path / "uhd.mp4", 4, 1.5, canvas=(3840, 2160))
+    batches = []
+    monkeypatch.setattr(extractor.detector, "detect", lambda images, times, _d=extractor.detector.detect:
+                        batches.append(len(images)) or _d(images, times))
+    result = extractor(path)
+    assert result.info.width == 3840 and result.frames_analysed == 6
+    assert max(batches) <= 2 and sum(batches) == 6
+    assert len(result.tracks) == 1
+    track = result.tracks[0]
+    assert len(track.detections) == 6 and result.features[track.id].shape == (6, D_VISUAL)
+    x1, y1, x2, y2 = track.detections[0].box
+    assert 1570 < x1 < x2 < 2270 and 730 < y1 < y2 < 1430                 # inside the pasted 700 px face
+    assert np.all(result.features[track.id][:, MESH_COLUMNS][:, -1] > 0.9)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("rate, expected_frames", [(Fraction(30000, 1001), 8), (Fraction(5, 2), 5)])
+def test_odd_frame_rates(extractor, media_dir, tmp_path, rate, expected_frames):
+    # NTSC 29.97 frames/s, and a rate below the 4 frames/s analysis rate (every frame analysed once).
+    path = _clip_from(media_dir / "retalking_face1.mp4", tmp_path / "odd.mp4", rate, 2.0, size=(350, 350))
+    result = extractor(path)
+    assert result.frames_analysed == expected_frames
+    assert len(result.characters) == 1
+    times, features = result.sequence(result.characters[0].id, 0.0, result.info.duration + 1)
+    assert len(times) == expected_frames and np.all(np.diff(times) > 0)
+    assert np.isfinite(features).all() and np.all(features[:, MESH_COLUMNS][:, -1] > 0.9)
