@@ -89,3 +89,15 @@ def test_batched_detection_equals_frame_by_frame(detector, media_dir):
 
 def test_blank_frame_has_no_faces(detector):
     assert detector.detect([np.full((360, 640, 3), 127, np.uint8)], [0.0]) == [[]]
+
+
+def test_per_image_nms_equals_the_offset_trick():
+    # batched_nms suppresses each group on its own; torchvision's offset trick must give the same boxes.
+    rng = np.random.default_rng(1)
+    corner = rng.uniform(0, 300, (600, 2))
+    boxes = torch.tensor(np.c_[corner, corner + rng.uniform(5, 60, (600, 2))], dtype=torch.float32)
+    scores, groups = torch.rand(600, generator=torch.Generator().manual_seed(0)), torch.tensor(rng.integers(0, 8, 600))
+    offsets = groups.to(boxes) * (boxes.max() + 1)
+    expected = nms(boxes + offsets[:, None], scores, 0.5)
+    assert torch.equal(batched_nms(boxes, scores, groups, 0.5), expected)
+    assert len(expected) < 600

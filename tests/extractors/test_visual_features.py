@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from extractors.contracts import FaceDetection
+from extractors.expression import fer_face_crop
 from extractors.media import iter_frames
 from extractors.visual_features import (
     D_EXPRESSION,
@@ -174,3 +175,12 @@ def test_odd_frame_rates(extractor, media_dir, tmp_path, rate, expected_frames):
     times, features = result.sequence(result.characters[0].id, 0.0, result.info.duration + 1)
     assert len(times) == expected_frames and np.all(np.diff(times) > 0)
     assert np.isfinite(features).all() and np.all(features[:, MESH_COLUMNS][:, -1] > 0.9)
+
+
+def test_fer_crop_from_rgb_equals_crop_from_the_grey_frame():
+    # The pass greys only the crop's pixels; the crop must equal fer's (whole grey frame) crop.
+    rng = np.random.default_rng(0)
+    frame = rng.integers(0, 256, (360, 640, 3), dtype=np.uint8)
+    gray = cv2.cvtColor(frame, cv2.COLOR_RGB2GRAY)
+    for box in [(100.5, 80.2, 180.9, 190.0), (0.0, 0.0, 50.0, 40.0), (600.0, 300.0, 640.0, 360.0), (-20, 330, 30, 380)]:
+        np.testing.assert_array_equal(fer_face_crop(frame, box), fer_face_crop(gray, box))
