@@ -189,6 +189,7 @@ def main(argv: list[str] | None = None) -> int:
         for condition, sentence, audio, regions in material:
             segments = recognizer.transcribe(audio, regions)
             scores.setdefault(condition, Score()).add(sentence, segments, regions, normalize)
+            print(f"{label}: {condition}: {' | '.join(s.text.strip() for s in segments)}", file=sys.stderr)
         seconds[label] = time.perf_counter() - started
         results[label] = scores
 

@@ -411,7 +411,12 @@ class _FasterWhisperBackend:
 
     def transcribe(self, audio: np.ndarray, clips: list[SpeechRegion] | None,
                    progress) -> tuple[list[_RawSegment], str]:
+        import ctranslate2
+
         cfg = self.config
+        # Whisper re-decodes a failed window by sampling at rising temperatures; a fixed seed makes
+        # those samples, and so the transcript, the same on every run (cache keys depend on it).
+        ctranslate2.set_random_seed(0)
         segments, info = self.model.transcribe(
             audio,
             language=self._language(),
@@ -461,7 +466,11 @@ class _OpenAIWhisperBackend:
         cfg = self.config
         language = cfg.language if self.multilingual else "en"
         threads = cfg.cpu_threads if self.device == "cpu" and cfg.cpu_threads else None
-        with torch_threads(threads):  # the setting is the caller's again afterwards
+        # A fixed seed for the temperature fallback's samples (as above), without touching the
+        # caller's random state.
+        devices = [torch.device(self.device).index or 0] if self.device.startswith("cuda") else []
+        with torch_threads(threads), torch.random.fork_rng(devices=devices):
+            torch.manual_seed(0)
             result = self.model.transcribe(
                 torch.from_numpy(audio),
                 language=language,

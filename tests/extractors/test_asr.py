@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import jiwer
 import numpy as np
 import pytest
@@ -231,3 +233,22 @@ def test_device_and_model_path_reach_the_recognizer(tmp_path):
         SpeechRecognizer(AsrConfig(), vad=None, device="cpu", model_path=tmp_path)  # overrides the config
     with pytest.raises(ExtractorError, match="unknown device"):
         SpeechRecognizer(AsrConfig(), vad=None, device="tpu")
+
+
+RAVDESS_SENTENCES = {"01": "kids are talking by the door", "02": "dogs are sitting by the door"}
+
+
+@pytest.mark.parametrize("name", [
+    "Actor_20/03-01-07-02-01-01-20.flac",  # the old code appended a "." segment of its own here
+    "Actor_01/03-01-02-01-02-02-01.flac",
+])
+def test_short_utterance_gives_only_what_was_said(recognizer, data_dir, name):
+    audio = load_audio(data_dir / "ravdess_speech" / name)
+    regions = recognizer.vad.detect(audio)
+    segments = recognizer.transcribe(audio, regions)
+    sentence = RAVDESS_SENTENCES[Path(name).name.split("-")[4]]
+    assert len(segments) == 1, [s.text for s in segments]
+    said = normalize(segments[0].text).split()
+    assert set(said) <= set(sentence.split()) and len(said) <= len(sentence.split()), segments[0].text
+    check_inside_speech(segments, regions, recognizer.config.region_pad_s, recognizer.config.join_gap_s)
+
