@@ -93,6 +93,7 @@ def _check_model(config: PipelineConfig, name: str, required: bool) -> Check:
             return Check("model", name, False, None, str(error), True, "configured path")
         return Check("model", name, False, None, "not found", required, get_spec(name).how_to_get)
     note = "package; assembled into the cache on first use" if found.source == "buildable" else found.source
+    note += f"; from {found.origin}" if found.origin else "; origin unknown" if found.source == "cache" else ""
     return Check("model", name, True, found.version, _short(str(found.path)), required, note)
 
 

@@ -79,6 +79,23 @@ def test_doctor_finds_every_packaged_model():
     assert "cuda" in {name for _, name in checks}
 
 
+def test_doctor_shows_where_a_cached_model_came_from(tmp_path):
+    # A Hugging Face snapshot names its repository; a file copied into the project cache has no known origin.
+    snapshot = tmp_path / "hf" / "models--Systran--faster-whisper-tiny.en" / "snapshots" / ("ab" * 20)
+    snapshot.mkdir(parents=True)
+    (snapshot / "model.bin").write_text("{}")
+    copied = tmp_path / "ramer" / "dlib" / "dlib_face_recognition_resnet_model_v1.dat"
+    copied.parent.mkdir(parents=True)
+    copied.write_bytes(b"x")
+    result = _run_cli("doctor", "--json", env={"HF_HUB_CACHE": str(tmp_path / "hf"), "RAMER_CACHE_DIR": str(tmp_path / "ramer")})
+    assert result.returncode == 0, result.stderr
+    checks = {(c["kind"], c["name"]): c for c in json.loads(result.stdout)}
+    whisper, dlib = checks[("model", "whisper-tiny.en")], checks[("model", "dlib-face-descriptor")]
+    assert (whisper["version"], whisper["note"]) == ("ab" * 6, "cache; from Hugging Face Systran/faster-whisper-tiny.en")
+    assert (dlib["version"], dlib["note"]) == (None, "cache; origin unknown")
+    assert checks[("model", "silero-vad")]["note"] == "package; from silero-vad"
+
+
 def test_doctor_with_config_pointing_at_missing_model(tmp_path):
     config = tmp_path / "config.yaml"
     missing = tmp_path / "no-such-model"
