@@ -4,12 +4,14 @@ No trained active-speaker model can be had offline, so this stage measures what 
 
 1. **Per (speech segment x face track on screen)**, the face's mouth opening (inner-lip gap from the dense
    face mesh, sampled at ``sync_fps`` inside the segment plus a little context) is correlated with the
-   speech envelope (log RMS of the audio at the same instants), over lags of +-``max_lag_s``. The
-   SyncNet-style confidence is the best correlation minus the median correlation over the lag window
-   (their "median minus minimum distance", with distance = 1 - correlation): lips that move *with* this
-   sound peak sharply at a small lag, lips that move for another reason (chewing, laughing, another
-   soundtrack) do not. The envelope is gated by voice activity: outside the speech regions it is flat, so
-   lip motion without speech earns nothing.
+   speech envelope (log RMS of the audio at the same instants) at every lag within +-``search_lag_s``.
+   A file has one audio-visual offset, so the lag is chosen once for the video (within +-``max_lag_s``,
+   where the segments' best-matching faces agree most), and each face's SyncNet-style confidence is its
+   correlation at that lag minus the median over all lags (their "median minus minimum distance", with
+   distance = 1 - correlation): lips that move *with* this sound peak there, lips that move for another
+   reason (chewing, laughing, another soundtrack) do not, and picking a lag per face cannot manufacture
+   a peak. The envelope is gated by voice activity: outside the speech regions it is flat, so lip motion
+   without speech earns nothing.
 2. **Over the whole video**, the sync evidence is summed into a voice-cluster x character matrix and solved
    as an assignment (``scipy.optimize.linear_sum_assignment``) with one off-screen option per voice: a voice
    that keeps matching one face is that character, a voice that matches no face is off screen
@@ -52,11 +54,13 @@ class ActiveSpeakerConfig:
     max_lag_s: float = 0.2          # audio-visual offsets searched (broadcast A/V skew is within +-0.1 s)
     search_lag_s: float = 0.6       # lag window over which the median correlation is taken (the baseline)
     context_s: float = 0.4          # silence around a segment included, so speech/no-speech contrast counts
-    min_frames: int = 10            # fewer mouth samples give no evidence (unsure -> no vote)
+    min_frames: int = 20            # fewer mouth samples give no evidence (unsure -> no vote)
     smooth_frames: int = 3          # median filter on both signals, against single-frame landmark jitter
     min_confidence: float = 0.15    # sync confidence above which a face counts as moving with this voice
     override_margin: float = 0.25   # a segment's own evidence overrides its voice's assignment by this much
+    strong_confidence: float = 0.35  # evidence that gives a segment to a face its voice was not assigned to
     offscreen_score: float = 0.10   # mean confidence a voice must beat to be given a face at all
+    min_visible_s: float = 1.0      # a face seen for less of a voice's speech than this is not its candidate
 
     def serialize(self) -> dict:
         return asdict(self)
@@ -70,8 +74,8 @@ class SyncEvidence:
     track: str
     character: str | None
     confidence: float      # best correlation minus median correlation over the lag window
-    correlation: float     # best correlation within +-max_lag_s
-    lag: float             # seconds; positive = the mouth leads the audio
+    correlation: float     # correlation at the file's lag
+    lag: float             # the file's audio-visual lag, seconds; positive = the mouth leads the audio
     frames: int            # mouth samples used
 
     def serialize(self) -> dict:
@@ -150,40 +154,54 @@ def _correlation(a: np.ndarray, b: np.ndarray) -> float:
     return float((a * b).sum() / denominator) if denominator > 1e-12 else 0.0
 
 
-def sync_confidence(mouth: np.ndarray, envelope: np.ndarray, fps: float, config: ActiveSpeakerConfig
-                    ) -> tuple[float, float, float]:
-    """(confidence, best correlation, lag s) of a mouth-opening series against a speech envelope.
+def lag_curve(mouth: np.ndarray, envelope: np.ndarray, search: int, config: ActiveSpeakerConfig) -> np.ndarray:
+    """[2 * search + 1] correlation of a mouth-opening series with a speech envelope at lags -search..search
+    frames (NaN where too few mouth samples overlap). Lag > 0: the mouth at t matches the audio at t + lag.
 
-    Both are sampled at the same instants; NaN mouth samples (face not measured) are left out of each
-    lag's correlation. The lag is searched in +-``max_lag_s``; the baseline is the median correlation over
-    +-``search_lag_s``.
+    Both are sampled at the same instants; NaN mouth samples (face not measured) are left out.
     """
     k = max(1, int(config.smooth_frames) | 1)
+    curve = np.full(2 * search + 1, np.nan)
     valid = ~np.isnan(mouth)
     if valid.sum() < config.min_frames:
-        return 0.0, 0.0, 0.0
-    filled = np.where(valid, mouth, np.nanmedian(mouth))
-    filled = median_filter(filled, size=k, mode="nearest")
+        return curve
+    filled = median_filter(np.where(valid, mouth, np.nanmedian(mouth)), size=k, mode="nearest")
     envelope = median_filter(envelope, size=k, mode="nearest")
-    max_lag = int(round(config.max_lag_s * fps))
-    search = max(max_lag + 1, int(round(config.search_lag_s * fps)))
-    correlations = {}
-    for lag in range(-search, search + 1):
-        # lag > 0: the mouth at t matches the audio at t + lag (the mouth leads)
+    for i, lag in enumerate(range(-search, search + 1)):
         if lag >= 0:
             m, e, v = filled[: len(filled) - lag], envelope[lag:], valid[: len(valid) - lag]
         else:
             m, e, v = filled[-lag:], envelope[: len(envelope) + lag], valid[-lag:]
-        if v.sum() < config.min_frames:
-            continue
-        correlations[lag] = _correlation(m[v], e[v])
-    near = {lag: c for lag, c in correlations.items() if abs(lag) <= max_lag}
-    if not near:
-        return 0.0, 0.0, 0.0
-    best_lag = max(near, key=near.get)
-    best = near[best_lag]
-    baseline = float(np.median(list(correlations.values())))
-    return max(0.0, best - baseline) if best > 0 else 0.0, best, best_lag / fps
+        if v.sum() >= config.min_frames:
+            curve[i] = _correlation(m[v], e[v])
+    return curve
+
+
+def video_lag(curves: Sequence[np.ndarray], max_lag: int) -> int:
+    """The audio-visual offset of the whole file (frames): the lag, within +-``max_lag``, at which the
+    best-matching face of each segment correlates most, summed over segments.
+
+    A file has one offset; taking each segment's own best lag instead would let unrelated lips win
+    by picking whichever lag happens to line up (a max over lags is biased upwards).
+    """
+    if not curves:
+        return 0
+    search = (len(curves[0]) - 1) // 2
+    total = np.nansum(np.stack(curves), axis=0)
+    window = slice(search - max_lag, search + max_lag + 1)
+    return int(np.argmax(total[window])) - max_lag
+
+
+def sync_confidence(curve: np.ndarray, lag: int, tolerance: int = 1) -> tuple[float, float]:
+    """(confidence, correlation) of one lag curve at the file's lag (+-``tolerance`` frames):
+    the correlation there minus the curve's median (SyncNet's median-minus-minimum distance)."""
+    if np.all(np.isnan(curve)):
+        return 0.0, 0.0
+    search = (len(curve) - 1) // 2
+    near = curve[max(0, search + lag - tolerance): search + lag + tolerance + 1]
+    best = float(np.nanmax(near)) if np.any(~np.isnan(near)) else 0.0
+    baseline = float(np.nanmedian(curve))
+    return (max(0.0, best - baseline) if best > 0 else 0.0), best
 
 
 def interpolate_detection(track: FaceTrack, t: float, max_gap_s: float = 0.6) -> FaceDetection | None:
@@ -286,7 +304,10 @@ class ActiveSpeakerDetector:
         if not segments:
             return ActiveSpeakerResult([], [], {})
         times, series = self.mouth_series(path, tracks, segments, progress) if tracks else ({}, {})
-        evidence = []
+        cfg = self.config
+        fps = cfg.sync_fps
+        search, max_lag = int(round(cfg.search_lag_s * fps)), int(round(cfg.max_lag_s * fps))
+        curves: dict[tuple[str, str], np.ndarray] = {}
         for segment in segments:
             seg_times = times.get(segment.id, np.zeros(0))
             if not len(seg_times):
@@ -294,12 +315,24 @@ class ActiveSpeakerDetector:
             envelope = speech_envelope(audio, seg_times, regions)
             for track in tracks:
                 mouth = series.get((segment.id, track.id))
-                if mouth is None:
-                    continue
-                confidence, correlation, lag = sync_confidence(mouth, envelope, self.config.sync_fps, self.config)
-                evidence.append(SyncEvidence(segment.id, track.id, character_of_track.get(track.id), confidence,
-                                             correlation, lag, int(np.isfinite(mouth).sum())))
-        return attribute_segments(segments, evidence, self.config)
+                if mouth is not None:
+                    curves[(segment.id, track.id)] = lag_curve(mouth, envelope, search, cfg)
+        # One lag per voice (a person's sound and picture come through one chain; an edited programme
+        # may join sources with different offsets), from the best-matching face of each of its segments.
+        voice_of = {s.id: s.turn or "_all" for s in segments}
+        best_per_voice: dict[str, list[np.ndarray]] = {}
+        for segment in segments:
+            of_segment = [c for (sid, _), c in curves.items() if sid == segment.id and not np.all(np.isnan(c))]
+            if of_segment:
+                best_per_voice.setdefault(voice_of[segment.id], []).append(np.nanmax(np.stack(of_segment), axis=0))
+        lag_of_voice = {voice: video_lag(found, max_lag) for voice, found in best_per_voice.items()}
+        evidence = []
+        for (segment_id, track_id), curve in curves.items():
+            lag = lag_of_voice.get(voice_of[segment_id], 0)
+            confidence, correlation = sync_confidence(curve, lag)
+            evidence.append(SyncEvidence(segment_id, track_id, character_of_track.get(track_id), confidence,
+                                         correlation, lag / fps, int(np.isfinite(series[(segment_id, track_id)]).sum())))
+        return attribute_segments(segments, evidence, cfg)
 
 
 def _merge_windows(windows: list[tuple[float, float]]) -> list[tuple[float, float]]:
@@ -316,28 +349,33 @@ def attribute_segments(segments: Sequence[SpeechSegment], evidence: Sequence[Syn
                        config: ActiveSpeakerConfig | None = None) -> ActiveSpeakerResult:
     """Voice-cluster x character assignment with an off-screen option, then per-segment attribution."""
     config = config or ActiveSpeakerConfig()
-    # segment -> character -> best sync confidence over that character's tracks in the segment
+    # segment -> character -> best sync confidence over that character's tracks in the segment, and the
+    # seconds of the segment that character's face was measured in
     per_segment: dict[str, dict[str, float]] = {}
+    covered: dict[str, dict[str, float]] = {}
     for e in evidence:
         if e.character is None:
             continue
         scores = per_segment.setdefault(e.segment, {})
         scores[e.character] = max(scores.get(e.character, 0.0), e.confidence)
+        seconds = covered.setdefault(e.segment, {})
+        seconds[e.character] = seconds.get(e.character, 0.0) + e.frames / config.sync_fps
     voices = sorted({s.turn or f"_{s.id}" for s in segments})
     characters = sorted({c for scores in per_segment.values() for c in scores})
     voice_of = {s.id: s.turn or f"_{s.id}" for s in segments}
     voice_to_character: dict[str, str | None] = dict.fromkeys(voices)
     if characters:
-        # mean confidence of each (voice, character) over the voice's speech time, absent face = 0
+        # Mean confidence of each (voice, character) over the voice's speech while that character is on
+        # screen: a voice heard mostly off screen still belongs to the face it moves with whenever it shows.
         score = np.zeros((len(voices), len(characters)))
-        weight = np.zeros(len(voices))
+        visible = np.zeros((len(voices), len(characters)))
         for s in segments:
             v = voices.index(voice_of[s.id])
-            duration = max(s.end - s.start, 1e-3)
-            weight[v] += duration
             for c, value in per_segment.get(s.id, {}).items():
-                score[v, characters.index(c)] += duration * value
-        score /= np.maximum(weight[:, None], 1e-9)
+                seconds = covered[s.id][c]
+                score[v, characters.index(c)] += seconds * value
+                visible[v, characters.index(c)] += seconds
+        score = np.where(visible >= config.min_visible_s, score / np.maximum(visible, 1e-9), 0.0)
         # Off-screen columns: one per voice, worth ``offscreen_score``; a face must beat it to be chosen.
         offscreen = np.full((len(voices), len(voices)), -1e6)
         np.fill_diagonal(offscreen, config.offscreen_score)
@@ -352,19 +390,24 @@ def attribute_segments(segments: Sequence[SpeechSegment], evidence: Sequence[Syn
         best_value = scores.get(best, 0.0) if best else 0.0
         if not scores:
             attributions.append(SpeakerAttribution(s.id, None, 0.5, None, "no-face"))
-        elif (best is not None and best != assigned and best_value >= config.min_confidence
-              and best_value - scores.get(assigned, 0.0) >= config.override_margin):
-            attributions.append(SpeakerAttribution(s.id, best, _squash(best_value - scores.get(assigned, 0.0)),
+        elif assigned in scores:
+            # the voice's face is on screen: it speaks, unless another face clearly moves with this sound
+            others = {c: v for c, v in scores.items() if c != assigned}
+            rival = max(others, key=others.get) if others else None
+            if rival is not None and others[rival] >= config.min_confidence and \
+                    others[rival] - scores[assigned] >= config.override_margin:
+                attributions.append(SpeakerAttribution(s.id, rival, _squash(others[rival] - scores[assigned]),
+                                                       others[rival], "evidence"))
+            else:
+                margin = scores[assigned] - (max(others.values()) if others else 0.0)
+                attributions.append(SpeakerAttribution(s.id, assigned, _squash(margin + scores[assigned]),
+                                                       scores[assigned], "assignment"))
+        elif best_value >= config.strong_confidence:
+            # the voice's face is not on screen (or the voice has none), but this face plainly moves with it
+            attributions.append(SpeakerAttribution(s.id, best, _squash(best_value - config.min_confidence),
                                                    best_value, "evidence"))
-        elif assigned is not None and assigned in scores:
-            others = [v for c, v in scores.items() if c != assigned]
-            margin = scores[assigned] - (max(others) if others else 0.0)
-            attributions.append(SpeakerAttribution(s.id, assigned, _squash(margin + scores[assigned]),
-                                                   scores[assigned], "assignment"))
-        elif best is not None and assigned is None and best_value >= config.min_confidence + config.override_margin:
-            attributions.append(SpeakerAttribution(s.id, best, _squash(best_value), best_value, "evidence"))
         else:
-            attributions.append(SpeakerAttribution(s.id, None, _squash(config.min_confidence - best_value + 0.2),
+            attributions.append(SpeakerAttribution(s.id, None, _squash(config.strong_confidence - best_value),
                                                    None, "off-screen"))
     return ActiveSpeakerResult(attributions, list(evidence), {k: v for k, v in voice_to_character.items()
                                                               if not k.startswith("_")})

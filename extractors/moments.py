@@ -15,13 +15,14 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from extractors.contracts import SpeechSegment
+from extractors.contracts import SpeechSegment, Word
 
 MODALITIES = ("text", "visual", "acoustic")  # the order of RAMer's ``present`` flags
 
 
 @dataclass
 class MomentConfig:
+    split_pause_s: float = 0.5       # a pause this long between two words starts a new segment (and moment)
     listen_window_s: float = 3.0     # windows over stretches without speech
     min_window_s: float = 1.0        # a silent stretch shorter than this gets no window of its own
     min_segment_s: float = 0.2       # shorter speech segments are scored with at least this much video
@@ -65,6 +66,49 @@ class ModalityInputs:
     @property
     def modalities(self) -> list[str]:
         return [m for m, flag in zip(MODALITIES, self.present, strict=True) if flag]
+
+
+def split_at_pauses(segments: list[SpeechSegment], min_pause_s: float, regions: list | None = None
+                    ) -> list[SpeechSegment]:
+    """Segments cut at pauses; ids renumbered.
+
+    A pause is two consecutive words ``min_pause_s`` or more apart, or a silence of that length between
+    two voice-activity regions lying within the two words (Whisper's word times often run into the
+    silence, the VAD's do not). Whisper's segments can run over a pause in which the speaker changes; when
+    diarization cannot tell the voices apart (similar voices, one cluster) the pause is still where the
+    turn ends.
+    """
+    silences = []
+    ordered = sorted(regions or [], key=lambda r: r.start)
+    for a, b in zip(ordered, ordered[1:], strict=False):
+        if b.start - a.end >= min_pause_s:
+            silences.append((a.end, b.start))
+
+    def pause_between(first: Word, second: Word) -> bool:
+        if second.start - first.end >= min_pause_s:
+            return True
+        return any(first.start <= g0 and g1 <= second.end for g0, g1 in silences)
+
+    out: list[SpeechSegment] = []
+
+    def emit(template: SpeechSegment, words: list[Word]) -> None:
+        out.append(SpeechSegment(id=f"S{len(out)}", start=words[0].start, end=words[-1].end,
+                                 text=" ".join(w.text.strip() for w in words), words=words, turn=template.turn,
+                                 character=template.character, speaker_confidence=template.speaker_confidence,
+                                 language=template.language))
+
+    for segment in segments:
+        if len(segment.words) < 2:
+            out.append(SpeechSegment(**{**segment.__dict__, "id": f"S{len(out)}"}))
+            continue
+        run = [segment.words[0]]
+        for word in segment.words[1:]:
+            if pause_between(run[-1], word):
+                emit(segment, run)
+                run = []
+            run.append(word)
+        emit(segment, run)
+    return out
 
 
 def build_moments(segments: list[SpeechSegment], duration: float, speaker_of: dict[str, str | None],

@@ -33,10 +33,10 @@ import numpy as np
 
 from extractors.contracts import SpeakerTurn, SpeechSegment, VideoInfo
 from extractors.errors import ExtractorError, MediaError
-from extractors.moments import MODALITIES, ModalityInputs, Moment, build_moments, pool_time
+from extractors.moments import MODALITIES, ModalityInputs, Moment, build_moments, pool_time, split_at_pauses
 from pipeline.config import PipelineConfig
 from pipeline.errors import UserError
-from pipeline.stage_cache import StageCache, StageRecord, file_sha256, stage_key
+from pipeline.stage_cache import StageCache, StageRecord, content_key, file_sha256, stage_key
 from pipeline.stages import StageFactory
 from pipeline.timeline import SCHEMA_VERSION, write_timeline
 
@@ -251,10 +251,13 @@ class PipelineRunner:
         from extractors.diarization import split_by_speaker
 
         segments = split_by_speaker(raw_segments, turns) if raw_segments else []
+        segments = split_at_pauses(segments, cfg.moments.split_pause_s, regions)
+        # What later stages read is the final segmentation, whatever settings made it: key on its content.
+        segments_key = content_key([s.serialize() for s in segments])
 
         # --- who is talking ----------------------------------------------------------------------
         speaking_key = stage_key("speaking", sha, settings("speaking"), self.stages.model_versions("speaking"),
-                                 [visual_key, asr_key, diar_key])
+                                 [visual_key, vad_key, segments_key])
 
         def compute_speaking():
             from extractors.active_speaker import ActiveSpeakerResult
@@ -284,7 +287,7 @@ class PipelineRunner:
             return {"frame_rate": self.stages.get("acoustic").config.frame_rate}, {"frames": frames}
 
         acoustic_data, acoustic_arrays = cache.run("acoustic", acoustic_key, compute_acoustic)
-        text_key = stage_key("text", sha, settings("text"), self.stages.model_versions("text"), [asr_key, diar_key])
+        text_key = stage_key("text", sha, settings("text"), self.stages.model_versions("text"), [segments_key])
 
         def compute_text():
             encoder = self.stages.get("text")

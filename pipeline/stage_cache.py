@@ -44,6 +44,12 @@ def stage_key(stage: str, input_sha256: str, settings: Any, models: dict[str, st
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
+def content_key(data: Any) -> str:
+    """SHA-256 of JSON data: the key of an intermediate result that is cheap to recompute but read later."""
+    text = json.dumps(data, sort_keys=True, default=str, separators=(",", ":"))
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
 def _arrays_digest(path: Path) -> str:
     return file_sha256(path)
 
