@@ -175,14 +175,21 @@ class VisualResult:
 class VisualExtractor:
     """Holds the loaded models, so many videos can be processed without reloading them."""
 
-    def __init__(self, config: VisualConfig | None = None):
+    def __init__(self, config: VisualConfig | None = None, models: dict[str, str | os.PathLike] | None = None):
+        """``models``: explicit weights by model-store name (``mtcnn``, ``fer-expression``, ``face-mesh``,
+        ``dlib-face-descriptor``, ``dlib-landmarks-5``, ``facenet-vggface2``); the rest come from the store."""
         self.config = config or VisualConfig()
+        models = dict(models or {})
         if self.config.detector.device is None and self.config.device is not None:
             self.config.detector.device = self.config.device
-        self.detector = FaceDetector(self.config.detector)
-        self.expression = ExpressionClassifier(device=self.config.device, batch_size=self.config.expression_batch)
-        self.mesh = FaceMesh(self.config.mesh_model, threads=self.config.mesh_threads)
-        self.embedder = load_face_embedder(self.config.embedder, device=self.config.device)
+        self.detector = FaceDetector(self.config.detector, weights=models.get("mtcnn"))
+        self.expression = ExpressionClassifier(models.get("fer-expression"), device=self.config.device,
+                                               batch_size=self.config.expression_batch)
+        self.mesh = FaceMesh(self.config.mesh_model or models.get("face-mesh"), threads=self.config.mesh_threads)
+        self.embedder = load_face_embedder(
+            self.config.embedder, descriptor=models.get("dlib-face-descriptor"),
+            landmarks=models.get("dlib-landmarks-5"), facenet_weights=models.get("facenet-vggface2"),
+            device=self.config.device)
         self.threshold = self.config.cluster_threshold or self.embedder.distance_threshold
 
     def __call__(

@@ -1,5 +1,10 @@
 """The extractor stages, built once from the pipeline configuration (models: and device: reach every stage).
 
+Every stage gets its models' explicit paths from ``models:``; the PyTorch stages (face detection,
+expression, speaker embeddings, text encoder, speech recognition) run on ``device``. Three small models
+always run on the CPU: the silero VAD and the LiteRT face mesh (no CUDA build offline), and the librosa
+acoustic features (no network at all).
+
 :class:`StageFactory` builds each stage on first use and keeps it, so a batch worker loads every model
 once, and a run whose stages all come from the cache loads none. ``model_versions`` names, for each
 stage, the models it uses with their source and version: they are part of the stage cache key.
@@ -69,10 +74,8 @@ class StageFactory:
 
         from extractors.visual_features import VisualExtractor
 
-        mesh = self._path("face-mesh")
-        visual = replace(self.config.visual, device=self.config.visual.device or self.device,
-                         mesh_model=self.config.visual.mesh_model or (str(mesh) if mesh else None))
-        return VisualExtractor(visual)
+        visual = replace(self.config.visual, device=self.config.visual.device or self.device)
+        return VisualExtractor(visual, models=self.config.models)
 
     def _build_vad(self):
         from extractors.vad import VoiceActivityDetector
@@ -86,12 +89,13 @@ class StageFactory:
 
         asr_config = replace(self.config.asr, model=self.config.asr_model,
                              model_path=self.config.asr.model_path or self._path(self.config.asr_model))
-        return SpeechRecognizer(asr_config, vad=self.get("vad"))
+        return SpeechRecognizer(asr_config, vad=self.get("vad"), device=self.device)
 
     def _build_diarization(self):
         from extractors.diarization import SpeakerDiarizer
 
-        return SpeakerDiarizer(self.config.diarization, model_path=self._path("resemblyzer"), vad=self.get("vad"))
+        return SpeakerDiarizer(self.config.diarization, model_path=self._path("resemblyzer"), vad=self.get("vad"),
+                               device=self.device)
 
     def _build_speaking(self):
         from extractors.active_speaker import ActiveSpeakerDetector
