@@ -8,6 +8,7 @@ into "no speech". Callers that cannot do without audio use `load_audio(..., requ
 
 from __future__ import annotations
 
+import bisect
 import logging
 from pathlib import Path
 
@@ -40,7 +41,9 @@ def load_audio(
 
     Sample 0 is the first frame of the video (see :func:`extractors.media.timeline_origin`; for an
     audio file, the start of the audio): audio that starts later is preceded by silence, audio that
-    starts earlier is cut, so sample times and frame times agree. `start`/`end` (seconds, same
+    starts earlier is cut, so sample times and frame times agree. Every decoded frame goes where its
+    timestamp says (see :class:`_Timeline`): a hole in the audio timestamps (broadcast MPEG-TS, a
+    stream-copied concatenation) is silence, so sound after it stays on its picture. `start`/`end` (seconds, same
     timeline) cut a span; the returned array starts at `start`. A file without an audio stream gives
     an empty array and a warning, or MediaError when `require_audio` is set. A file that ends before
     its header says (truncated) gives what is there and a warning. Missing, unreadable or corrupt
@@ -62,7 +65,7 @@ def load_audio(
         expected_end = None if header is None else header - origin       # seconds from the origin
         known_end = min(e for e in (end, expected_end, float("inf")) if e is not None)
         output = _Output(sample_rate * (known_end - span_start + 2.0) if np.isfinite(known_end) else 0)
-        timeline = _Timeline(output, sample_rate, zero=origin + span_start, path=path)
+        timeline = _Timeline(output, sample_rate, origin=origin, span_start=span_start, path=path)
         stopped_early = False
         try:
             # No seeking for `start`: the resampler's sample grid would then depend on where the
@@ -80,11 +83,11 @@ def load_audio(
             log.warning("%s: audio decoding stopped after %.2f s (%s); the file looks truncated",
                         path, span_start + timeline.position / sample_rate, error)
         timeline.finish()
-    position = timeline.position
-    length = max(0, position or 0)
+    position = timeline.end
+    length = max(0, position)
     if end is not None:
         length = min(length, max(0, int(round((end - span_start) * sample_rate))))
-    decoded_end = span_start + (position or 0) / sample_rate
+    decoded_end = span_start + position / sample_rate
     if not stopped_early and expected_end is not None and decoded_end < expected_end - 1.0:
         log.warning("%s: audio data ends at %.2f s but the header says %.2f s; the file looks truncated",
                     path, decoded_end, expected_end)
@@ -99,79 +102,135 @@ class _Timeline:
     every join; joined end to end, all later sound came early (36 s by the end of a 60-minute
     concatenation). A frame whose time is more than `GAP_TOLERANCE` from where the samples so far end
     starts a new run: the resampler is flushed (its filter would smear the two sides together) and a
-    fresh one starts at the frame's own time, so a hole stays silent and a small step back overwrites
-    the overlap in place. Within the tolerance (timestamp rounding) samples run on, so a file without
-    holes gives exactly the one resampled run it always did, and drift stays under the tolerance.
+    fresh one starts at the frame's own time, so a hole stays silent. Where timestamps step back, the
+    sound already there is kept and the overlapping new samples are dropped, as
+    :func:`extractors.media.iter_frames` keeps the earlier frame at each tick. Within the tolerance
+    (timestamp rounding) samples run on, so a file without holes gives exactly the one resampled run it
+    always did, and drift stays under the tolerance.
     """
 
     GAP_TOLERANCE = 0.02    # seconds; a 1024-sample AAC frame at 48 kHz is 21 ms
-    MAX_STEP_BACK = 1.0     # seconds; further back is a restarted clock (files appended), not an overlap
+    WARN_STEP_BACK = 0.5    # seconds; a step back this long is more than muxing jitter: say so
 
-    def __init__(self, output: _Output, sample_rate: int, zero: float, path: Path):
-        self.output, self.sample_rate, self.zero, self.path = output, sample_rate, zero, path
-        self.position: int | None = None   # output index of the next resampled sample
+    def __init__(self, output: _Output, sample_rate: int, origin: float, span_start: float, path: Path):
+        self.output, self.sample_rate, self.path = output, sample_rate, path
+        self.origin = origin                # container seconds of the first video frame
+        self.zero = origin + span_start     # container seconds of output index 0
+        self.position: int | None = None    # output index of the next resampled sample
+        self.end = 0                        # output index after the last sample written by any run
         self.resampler: av.AudioResampler | None = None
         self.run_format: tuple | None = None
         self.run_start_time = 0.0           # container seconds of the current run's first sample
-        self.run_samples = 0                # input samples fed since then
-        self.clock_shift = 0                # output samples added to every time after a restarted clock
+        self.run_samples = 0                # input samples (at the run's input rate) fed since then
+        self.run_first = 0                  # output index where the current run started
+        # Output [start, stop) intervals written by earlier runs, sorted and disjoint; a hole-free
+        # file never adds one. `blocked` holds those still ahead of the current run's position.
+        self.runs: list[tuple[int, int]] = []
+        self.blocked: list[tuple[int, int]] = []
         self.holes = 0
         self.silence = 0                    # output samples of silence put into holes
+        self.dropped = 0                    # output samples dropped where timestamps stepped back
 
     def add(self, frame: av.AudioFrame) -> None:
         time = float(frame.time) if frame.time is not None else None
         frame_format = (frame.format.name, frame.layout.name, frame.sample_rate)
         if self.position is None:
-            self.position = self._index(time if time is not None else self.zero)
+            time = time if time is not None else self.origin
+            self.position = self._index(time)
             self._start_run(time, frame_format)
-        elif frame_format != self.run_format:        # the resampler is set up for one input format
-            self._flush()
-            self._start_run(time, frame_format)
-        elif time is not None:
-            follows_at = self.run_start_time + self.run_samples / frame.sample_rate
-            if abs(time - follows_at) > self.GAP_TOLERANCE:
+        else:
+            follows_at = self.run_start_time + self.run_samples / self.run_format[2]
+            jumped = time is not None and abs(time - follows_at) > self.GAP_TOLERANCE
+            if jumped or frame_format != self.run_format:   # the resampler is set up for one input format
                 self._flush()
-                self._jump_to(time)
-                self._start_run(time, frame_format)
+                self._end_run()
+                if jumped:
+                    self._jump_to(time)
+                self._start_run(time if time is not None else follows_at, frame_format)
         for resampled in self.resampler.resample(frame):
-            self.position = self.output.put(self.position, resampled.to_ndarray().reshape(-1))
+            self._write(resampled.to_ndarray().reshape(-1))
         self.run_samples += frame.samples
 
     def finish(self) -> None:
         if self.position is None:
             return
         self._flush()
+        self._end_run()
         if self.holes:
             log.info("%s: %d hole(s) in the audio timestamps, filled with %.2f s of silence",
                      self.path, self.holes, self.silence / self.sample_rate)
+        if self.dropped:
+            log.info("%s: audio timestamps stepped back; %.2f s of overlapping audio dropped",
+                     self.path, self.dropped / self.sample_rate)
 
     def _index(self, time: float) -> int:
         """Output index of container time ``time``."""
-        return int(round((time - self.zero) * self.sample_rate)) + self.clock_shift
+        return int(round((time - self.zero) * self.sample_rate))
 
     def _jump_to(self, time: float) -> None:
         target = self._index(time)
-        if target < self.position - self.MAX_STEP_BACK * self.sample_rate:
-            log.warning("%s: audio timestamps go back %.2f s at %.2f s (a restarted clock, such as files "
-                        "appended to each other); the audio after it follows on from there",
-                        self.path, (self.position - target) / self.sample_rate, self.position / self.sample_rate)
-            self.clock_shift += self.position - target
-            target = self.position
-        elif target > self.position:
+        if target > self.position:
             self.holes += 1
             self.silence += target - self.position
+        elif target < self.position - self.WARN_STEP_BACK * self.sample_rate:
+            log.warning("%s: audio timestamps go back %.2f s at %.2f s (files appended to each other?); "
+                        "audio where there is sound already is dropped, as video frames are",
+                        self.path, (self.position - target) / self.sample_rate, self.position / self.sample_rate)
         self.position = target
 
-    def _start_run(self, time: float | None, frame_format: tuple) -> None:
+    def _start_run(self, time: float, frame_format: tuple) -> None:
         self.resampler = av.AudioResampler(format="flt", layout="mono", rate=self.sample_rate)
         self.run_format = frame_format
-        # A frame without a time continues where the samples so far end.
-        self.run_start_time = time if time is not None else self.zero + (self.position - self.clock_shift) / self.sample_rate
+        self.run_start_time = time
         self.run_samples = 0
+        self.run_first = self.position
+        if self.runs and self.runs[-1][1] > self.position:   # stepped back: earlier sound lies ahead
+            self.blocked = self.runs[bisect.bisect_right(self.runs, self.position, key=lambda run: run[1]):]
+        else:
+            self.blocked = []
+
+    def _end_run(self) -> None:
+        """Records the run just flushed in `runs`, merged with its neighbours."""
+        if self.position <= self.run_first:
+            return
+        start, stop = self.run_first, self.position
+        if not self.runs or self.runs[-1][1] < start:      # after a hole: the usual case
+            self.runs.append((start, stop))
+            return
+        kept = []
+        for run in self.runs:
+            if run[1] < start or run[0] > stop:
+                kept.append(run)
+            else:
+                start, stop = min(start, run[0]), max(stop, run[1])
+        bisect.insort(kept, (start, stop))
+        self.runs = kept
+
+    def _write(self, samples: np.ndarray) -> None:
+        """Writes resampled ``samples`` at `position`, except where an earlier run wrote already."""
+        start, stop = self.position, self.position + len(samples)
+        self.position = stop
+        self.end = max(self.end, stop)
+        while self.blocked and self.blocked[0][1] <= start:   # passed
+            self.blocked.pop(0)
+        if not self.blocked or self.blocked[0][0] >= stop:
+            self.output.put(start, samples)
+            return
+        cursor = start
+        for blocked_start, blocked_stop in self.blocked:
+            if blocked_start >= stop:
+                break
+            if blocked_start > cursor:
+                self.output.put(cursor, samples[cursor - start: blocked_start - start])
+            overlap_end = min(max(cursor, blocked_stop), stop)
+            self.dropped += overlap_end - max(cursor, blocked_start)
+            cursor = overlap_end
+        if cursor < stop:
+            self.output.put(cursor, samples[cursor - start:])
 
     def _flush(self) -> None:
         for resampled in self.resampler.resample(None):   # the resampler's buffered tail
-            self.position = self.output.put(self.position, resampled.to_ndarray().reshape(-1))
+            self._write(resampled.to_ndarray().reshape(-1))
 
 
 class _Output:

@@ -29,28 +29,25 @@ EVENT = 2.2        # seconds after the first video frame: white frame + click
 
 
 def write_clip_with_hole(path, start: float = 10.0, container_format: str | None = None,
-                         audio_rate: int = 48000, with_video: bool = True, hole: float = HOLE,
-                         audio_end: float = LENGTH):
+                         audio_rate: int = 48000, hole: float = HOLE):
     """A 3 s 25 fps clip (both streams starting at ``start`` container seconds) whose audio has no
     packets from ``HOLE_AT`` to ``HOLE_AT + hole``; frame ``EVENT * FPS`` is white and the audio clicks
-    at the same instant. A negative ``hole`` makes the audio after ``HOLE_AT`` start that much earlier
-    (overlapping what came before); ``audio_end`` is where the audio's timestamps end."""
+    at the same instant."""
     with av.open(str(path), "w", format=container_format) as container:
         # Both streams before the first packet: the muxer writes its header then.
         audio = container.add_stream("aac", rate=audio_rate)
         audio.layout = "mono"
-        if with_video:
-            video = container.add_stream("libx264", rate=FPS)
-            video.width, video.height, video.pix_fmt = 64, 48, "yuv420p"
-            for i in range(int(LENGTH * FPS)):
-                image = np.full((48, 64, 3), 255 if i == round(EVENT * FPS) else 0, np.uint8)
-                frame = av.VideoFrame.from_ndarray(image, format="rgb24")
-                frame.pts, frame.time_base = round(start * FPS) + i, Fraction(1, FPS)
-                for packet in video.encode(frame):
-                    container.mux(packet)
-            for packet in video.encode():
+        video = container.add_stream("libx264", rate=FPS)
+        video.width, video.height, video.pix_fmt = 64, 48, "yuv420p"
+        for i in range(int(LENGTH * FPS)):
+            image = np.full((48, 64, 3), 255 if i == round(EVENT * FPS) else 0, np.uint8)
+            frame = av.VideoFrame.from_ndarray(image, format="rgb24")
+            frame.pts, frame.time_base = round(start * FPS) + i, Fraction(1, FPS)
+            for packet in video.encode(frame):
                 container.mux(packet)
-        signal = np.zeros(int((audio_end - hole) * audio_rate), np.float32)      # [S] mono, holes left out
+        for packet in video.encode():
+            container.mux(packet)
+        signal = np.zeros(int((LENGTH - hole) * audio_rate), np.float32)         # [S] mono, hole left out
         click = round((EVENT - hole) * audio_rate)
         signal[click: click + 48] = 0.9                                           # 1 ms click
         jump_from = round(HOLE_AT * audio_rate)
@@ -131,36 +128,63 @@ def test_files_without_holes_decode_as_one_resampled_run(media_dir, name):
     np.testing.assert_array_equal(audio, reference)
 
 
-def _byte_concatenation(tmp_path, first_start: float, second_start: float):
+def _audio_only_ts(path, start: float, signal: np.ndarray, rate: int = 48000):
+    """An audio-only MPEG-TS whose AAC audio (``signal``, [S] mono) starts at ``start`` container seconds."""
+    with av.open(str(path), "w", format="mpegts") as container:
+        stream = container.add_stream("aac", rate=rate)
+        stream.layout = "mono"
+        for first in range(0, len(signal), 1024):
+            frame = av.AudioFrame.from_ndarray(signal[None, first: first + 1024], format="flt", layout="mono")
+            frame.sample_rate = rate
+            frame.pts, frame.time_base = round(start * rate) + first, Fraction(1, rate)
+            for packet in stream.encode(frame):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    return path
+
+
+def _byte_concatenation(tmp_path, second_start: float, rate: int = 48000):
     """Two audio-only MPEG-TS files joined byte for byte (``cat a.ts b.ts``), as recordings get joined:
-    the second one's timestamps restart at ``second_start``. Each is the hole clip without its hole."""
-    first = write_clip_with_hole(tmp_path / "a.ts", first_start, "mpegts", with_video=False, hole=0.0,
-                                 audio_end=1.0)
-    second = write_clip_with_hole(tmp_path / "b.ts", second_start, "mpegts", with_video=False, hole=0.0)
+    a 1 s tone starting at 600 s, then 3 s of silence with a click at ``EVENT`` whose timestamps restart
+    at ``second_start``. Muxers refuse timestamps that go back; joined files have them."""
+    tone = (0.5 * np.sin(2 * np.pi * 440 * np.arange(rate) / rate)).astype(np.float32)
+    clicked = np.zeros(int(LENGTH * rate), np.float32)
+    clicked[round(EVENT * rate): round(EVENT * rate) + 48] = 0.9
+    first = _audio_only_ts(tmp_path / "a.ts", 600.0, tone, rate)
+    second = _audio_only_ts(tmp_path / "b.ts", second_start, clicked, rate)
     joined = tmp_path / "joined.ts"
     joined.write_bytes(first.read_bytes() + second.read_bytes())
     return joined
 
 
-def test_audio_that_steps_back_a_little_overlaps_in_place(tmp_path):
-    # The second part starts 0.3 s before the first one ends: its samples go where their times say.
-    joined = _byte_concatenation(tmp_path, 600.0, 600.7)
+def _rms(audio: np.ndarray, start: float, stop: float) -> float:
+    return float(np.sqrt(np.mean(audio[int(start * SAMPLE_RATE): int(stop * SAMPLE_RATE)] ** 2)))
+
+
+def test_audio_that_steps_back_keeps_the_sound_already_there(tmp_path):
+    # The second part starts 0.3 s before the first one ends: its samples go where their times say,
+    # except over the tone already there, which stays (iter_frames too keeps the earlier frame).
+    joined = _byte_concatenation(tmp_path, 600.7)
     audio = load_audio(joined)
-    assert len(audio) / SAMPLE_RATE == pytest.approx(0.7 + LENGTH, abs=0.05)   # not 1.0 + 3.0
+    assert len(audio) / SAMPLE_RATE == pytest.approx(0.7 + LENGTH, abs=0.05)   # end to end: 1.0 + 3.0
     click = int(np.argmax(np.abs(audio))) / SAMPLE_RATE
     assert abs(click - (0.7 + EVENT)) < 1 / FPS
+    assert _rms(audio, 0.75, 0.95) > 0.3          # the tone, not the second part's silence over it
+    assert _rms(audio, 1.1, 0.7 + EVENT - 0.1) < 0.01
 
 
-def test_audio_that_restarts_its_clock_is_appended_with_a_warning(tmp_path, caplog):
-    # Timestamps that go back by more than a second are no overlap but a restarted clock (a second file
-    # appended): placing them would write over earlier sound, so they follow on, and a warning says so.
-    joined = _byte_concatenation(tmp_path, 600.0, 600.0)
+def test_audio_whose_clock_restarts_is_placed_by_its_times_with_a_warning(tmp_path, caplog):
+    # Timestamps that go back a whole part (files appended to each other): the second part's first
+    # second falls on the tone and is dropped, the rest follows on at its own times, and a warning says so.
+    joined = _byte_concatenation(tmp_path, 600.0)
     with caplog.at_level(logging.WARNING, logger="extractors.audio"):
         audio = load_audio(joined)
-    assert "back" in caplog.text and joined.name in caplog.text
-    assert abs(len(audio) - _decoded_samples(joined)) < 16      # end to end; placed, it was 3.0 s
+    assert "go back" in caplog.text and joined.name in caplog.text
+    assert len(audio) / SAMPLE_RATE == pytest.approx(LENGTH, abs=0.05)         # end to end: 4.0
+    assert _rms(audio, 0.05, 0.95) > 0.3
     click = int(np.argmax(np.abs(audio))) / SAMPLE_RATE
-    assert abs(click - (1.0 + EVENT)) < 2 / FPS
+    assert abs(click - EVENT) < 1 / FPS
 
 
 def stream_copied_concatenation(clip, copies: int, out):
