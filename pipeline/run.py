@@ -72,8 +72,11 @@ def default_output_folder(video: Path) -> Path:
     return Path("out") / video.stem
 
 
-def check_input(video: Path) -> VideoInfo:
-    """Refuses what cannot be analysed, with one clear message, before anything is written."""
+def check_input(video: Path, strict: bool = False) -> VideoInfo:
+    """Refuses what cannot be analysed, with one clear message, before anything is written.
+
+    ``strict``: a video without an audio stream is refused too (otherwise it gets a visual-only timeline).
+    """
     from extractors.media import probe
 
     if not video.exists():
@@ -85,6 +88,8 @@ def check_input(video: Path) -> VideoInfo:
     if info.duration < MIN_DURATION_S:
         raise MediaError(f"{video} lasts {info.duration:.2f} s; at least {MIN_DURATION_S:.0f} s of video is needed "
                          "to read anyone's face")
+    if strict and not info.has_audio:
+        raise MediaError(f"{video} has no audio stream (--strict)")
     return info
 
 
@@ -149,7 +154,7 @@ class PipelineRunner:
         started = time.perf_counter()
         video = Path(video)
         output = Path(output) if output is not None else default_output_folder(video)
-        info = check_input(video)
+        info = check_input(video, strict)
         if cast is not None and not Path(cast).is_file():
             raise UserError(f"cast file {cast} not found")
         if num_speakers is not None and num_speakers < 1:

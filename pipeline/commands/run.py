@@ -56,7 +56,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from pipeline.run import PipelineRunner, check_input
 
-    check_input(args.video)  # refuse bad input before any model loads
+    check_input(args.video, args.strict)  # refuse bad input before any model loads
     config = load_config(args.config)
     quiet = bool(getattr(args, "quiet", False))
     runner = PipelineRunner(config, checkpoint=args.checkpoint, device=args.device)

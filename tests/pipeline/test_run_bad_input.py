@@ -121,6 +121,7 @@ def test_video_without_audio(runner, face_frames, tmp_path, capsys):
     assert {e["role"] for e in result.document["timeline"]} == {"listener"}
     assert all(e["modalities"] == ["visual"] for e in result.document["timeline"])
     assert any("no audio" in w for w in result.document["provenance"]["warnings"])
+    capsys.readouterr()
     assert_refused(capsys, run_cli(video, "-o", tmp_path / "strict", "--strict"), tmp_path / "strict", "no audio")
 
 
@@ -129,6 +130,7 @@ def test_silence(runner, face_frames, tmp_path, capsys):
     result = runner.run(video, tmp_path / "out")
     assert result.document["segments"] == [] and result.document["timeline"]
     assert any("no speech" in w for w in result.document["provenance"]["warnings"])
+    capsys.readouterr()
     assert_refused(capsys, run_cli(video, "-o", tmp_path / "strict", "--strict"), tmp_path / "strict", "no speech")
 
 
