@@ -50,6 +50,7 @@ def machine() -> str:
 def load_old(path: Path):
     spec = importlib.util.spec_from_file_location("old_diarization", path)
     module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up there
     spec.loader.exec_module(module)
     return module.SpeakerDiarizer(vad=None)
 

@@ -59,7 +59,7 @@ class DiarizationConfig:
     count_spacing_s: float = 0.6
     # A prior (`expected_speakers`) moves the threshold by this much: clusters the prior asks for are
     # accepted down to threshold - margin; clusters beyond it need threshold + margin.
-    prior_margin: float = 0.08
+    prior_margin: float = 0.04
     max_count_windows: int = 600   # counting uses at most this many windows, evenly spaced in time
     smoothing_s: float = 0.3       # median filter over frame labels
     min_turn_s: float = 0.2        # shorter turns are absorbed by their neighbours
