@@ -1,0 +1,116 @@
+"""Whole-pipeline time over video duration, time per stage and peak memory of ``pipeline run``.
+
+    .venv/bin/python benchmarks/pipeline_run.py [--minutes 0 10 60] [--runs 3] [--device cpu|cuda]
+        [--shared ../shared] [--workdir /tmp/ramer-pipeline] [--out benchmarks/results/pipeline_run.md]
+
+Inputs: ``visualvoice_interview.mp4`` itself (``0`` = the 17.5 s clip), and the same interview repeated end
+to end to 10 and 60 minutes (stream-copied by ``benchmarks/memory.py``'s builder, into ``--workdir``,
+never the repository). Every run is a fresh process running ``pipeline run --force`` with the default
+checkpoint, which reports its own peak resident set size (``ru_maxrss``), so model loading, imports and
+every stage count, as for a user. The interview gets ``--runs`` runs (median quoted); longer inputs run
+once each (say so beside the numbers). Targets (issue 10): at most 0.5 x the video's duration on two
+cores; peak memory flat in length, under 3 GB at 60 minutes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from memory import build_input, machine  # noqa: E402  (benchmarks/memory.py, beside this script)
+
+CLIP = "visualvoice_interview.mp4"
+STAGES = ("visual", "vad", "asr", "diarization", "speaking", "acoustic", "text", "scoring")
+
+
+def child(video: Path, out: Path, device: str) -> int:
+    from pipeline.run import PipelineRunner
+
+    start = time.perf_counter()
+    result = PipelineRunner(device=device).run(video, out, force=True)
+    seconds = time.perf_counter() - start
+    peak_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    print(json.dumps({"seconds": seconds, "duration": result.document["video"]["duration"],
+                      "peak_mb": peak_kb / 1024,
+                      "stages": {k: v.seconds for k, v in result.stages.items()},
+                      "characters": len(result.document["characters"]),
+                      "segments": len(result.document["segments"])}))
+    return 0
+
+
+def run_once(video: Path, out: Path, device: str) -> dict:
+    done = subprocess.run([sys.executable, __file__, "--child", str(video), str(out), "--device", device],
+                          capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        raise SystemExit(f"pipeline run failed on {video}:\n{done.stderr[-3000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--minutes", type=float, nargs="+", default=[0, 10, 60])
+    parser.add_argument("--runs", type=int, default=3, help="runs of the interview clip (longer inputs: 1)")
+    parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
+    parser.add_argument("--shared", type=Path, default=Path(__file__).resolve().parents[2] / "shared")
+    parser.add_argument("--workdir", type=Path, default=Path("/tmp/ramer-pipeline"))
+    parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results" / "pipeline_run.md")
+    parser.add_argument("--child", nargs=2, metavar=("VIDEO", "OUT"), help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.child:
+        return child(Path(args.child[0]), Path(args.child[1]), args.device)
+
+    clip = args.shared / "media" / CLIP
+    header = machine()
+    rows, per_stage = [], []
+    for minutes in args.minutes:
+        video = clip if minutes == 0 else build_input(clip, minutes, args.workdir)
+        runs = [run_once(video, args.workdir / f"out_{minutes:g}", args.device)
+                for _ in range(args.runs if minutes == 0 else 1)]
+        seconds = statistics.median(r["seconds"] for r in runs)
+        duration = runs[0]["duration"]
+        peak = max(r["peak_mb"] for r in runs)
+        label = f"{CLIP} ({duration:.1f} s)" if minutes == 0 else f"{minutes:g} min ({duration:.0f} s)"
+        rows.append(f"| {label} | {len(runs)} | {seconds:.1f} | {seconds / duration:.3f} | {peak / 1024:.2f} | "
+                    f"{runs[0]['characters']} | {runs[0]['segments']} |")
+        stage_seconds = {s: statistics.median(r["stages"].get(s, 0.0) for r in runs) for s in STAGES}
+        per_stage.append(f"| {label} | " + " | ".join(f"{stage_seconds[s] / duration:.3f}" for s in STAGES) + " |")
+        print(rows[-1], flush=True)
+    load_end = os.getloadavg()[0]
+    text = "\n".join([
+        "# `pipeline run`: time over duration and peak memory",
+        "",
+        f"Machine: {header}; at the end {load_end:.1f}. Device: {args.device}. Command: "
+        f"`.venv/bin/python benchmarks/pipeline_run.py --minutes {' '.join(f'{m:g}' for m in args.minutes)} "
+        f"--runs {args.runs} --device {args.device}`. Default configuration and checkpoint, `--force` (no cache).",
+        "",
+        "| input | runs | seconds (median) | x duration | peak RSS GiB | characters | segments |",
+        "|---|---|---|---|---|---|---|",
+        *rows,
+        "",
+        "Seconds per stage over the video's duration (median of the runs):",
+        "",
+        "| input | " + " | ".join(STAGES) + " |",
+        "|---|" + "---|" * len(STAGES),
+        *per_stage,
+        "",
+        "Targets: at most 0.5 x duration on two cores; peak memory flat in length and under 3 GB at 60 minutes.",
+        "",
+    ])
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(text, encoding="utf-8")
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,50 @@
+"""The published JSON Schema is the pydantic models' schema, and writes refuse documents that break it."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from pipeline.errors import UserError
+from pipeline.timeline import SCHEMA_PATH, json_schema, read_timeline, write_timeline
+
+
+def test_published_schema_matches_the_models():
+    assert json.loads(SCHEMA_PATH.read_text()) == json_schema(), "run `python -m pipeline.timeline` to regenerate"
+
+
+def minimal() -> dict:
+    return {
+        "schema_version": 1,
+        "video": {"path": "v.mp4", "sha256": "0" * 64, "duration": 2.0, "fps": 25.0, "width": 4, "height": 4,
+                  "has_audio": True, "start_offset": 0.0},
+        "model": {"checkpoint": "c", "labels": ["joy"], "threshold": 0.5, "thresholds": None,
+                  "trained_modalities": ["visual"], "card": {}},
+        "characters": [{"id": "C0", "name": None, "tracks": ["T0"], "screen_time": 2.0, "speaking_time": 0.0,
+                        "thumbnail": None}],
+        "segments": [],
+        "timeline": [{"character": "C0", "start": 0.0, "end": 2.0, "moment": "M0", "segment": None,
+                      "role": "listener", "modalities": ["visual"], "untrained_modalities": [],
+                      "probs": {"joy": 0.2}, "labels": []}],
+        "provenance": {"package_version": "0", "created": "now", "config": {}, "models": {}, "device": "cpu",
+                       "stages": {}, "warnings": []},
+    }
+
+
+def test_write_validates_and_is_atomic(tmp_path):
+    path = write_timeline(minimal(), tmp_path / "t.json")
+    assert read_timeline(path) == minimal()
+    broken = minimal()
+    broken["timeline"][0]["role"] = "narrator"
+    with pytest.raises(UserError, match="role"):
+        write_timeline(broken, path)
+    assert read_timeline(path) == minimal(), "a refused write leaves the previous timeline"
+    assert [p.name for p in tmp_path.iterdir()] == ["t.json"], "no temporary file left behind"
+
+
+def test_unknown_keys_are_refused(tmp_path):
+    broken = minimal()
+    broken["characters"][0]["mood"] = "sunny"
+    with pytest.raises(UserError):
+        write_timeline(broken, tmp_path / "t.json")
