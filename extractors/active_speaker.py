@@ -324,7 +324,7 @@ class ActiveSpeakerDetector:
         for segment in segments:
             of_segment = [c for (sid, _), c in curves.items() if sid == segment.id and not np.all(np.isnan(c))]
             if of_segment:
-                best_per_voice.setdefault(voice_of[segment.id], []).append(np.nanmax(np.stack(of_segment), axis=0))
+                best_per_voice.setdefault(voice_of[segment.id], []).append(np.fmax.reduce(np.stack(of_segment)))
         lag_of_voice = {voice: video_lag(found, max_lag) for voice, found in best_per_voice.items()}
         evidence = []
         for (segment_id, track_id), curve in curves.items():

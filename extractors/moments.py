@@ -58,6 +58,7 @@ class ModalityInputs:
     text: np.ndarray           # [Tt, Dt], Tt = 0 when the character says nothing
     visual: np.ndarray         # [Tv, Dv]
     acoustic: np.ndarray       # [Ta, Da], Ta = 0 when the character says nothing
+    personality: np.ndarray | None = None  # [Dp] from the cast file; None: absent (never invented)
 
     @property
     def present(self) -> tuple[bool, bool, bool]:
@@ -137,6 +138,17 @@ def build_moments(segments: list[SpeechSegment], duration: float, speaker_of: di
     spans.sort(key=lambda s: (s[0], s[1]))
     return [Moment(f"M{i}", float(a), float(b), seg, speaker_of.get(seg) if seg else None)
             for i, (a, b, seg) in enumerate(spans)]
+
+
+def pool_frames(x: np.ndarray, group: int) -> np.ndarray:
+    """[T, D] -> [ceil(T / group), D]: the mean of each run of ``group`` frames (the last run may be shorter).
+
+    A checkpoint trained on pooled frames (its card's ``acoustic_pool_frames``) must be fed the same.
+    """
+    if group <= 1 or not len(x):
+        return x
+    starts = np.arange(0, len(x), group)
+    return (np.add.reduceat(x, starts, axis=0) / np.diff(np.append(starts, len(x)))[:, None]).astype(np.float32)
 
 
 def pool_time(x: np.ndarray, max_steps: int) -> np.ndarray:

@@ -30,7 +30,7 @@ import logging
 import os
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -178,10 +178,11 @@ class VisualExtractor:
     def __init__(self, config: VisualConfig | None = None, models: dict[str, str | os.PathLike] | None = None):
         """``models``: explicit weights by model-store name (``mtcnn``, ``fer-expression``, ``face-mesh``,
         ``dlib-face-descriptor``, ``dlib-landmarks-5``, ``facenet-vggface2``); the rest come from the store."""
-        self.config = config or VisualConfig()
+        config = config or VisualConfig()
+        if config.detector.device is None and config.device is not None:  # a copy: the caller's config stays as given
+            config = replace(config, detector=replace(config.detector, device=config.device))
+        self.config = config
         models = dict(models or {})
-        if self.config.detector.device is None and self.config.device is not None:
-            self.config.detector.device = self.config.device
         self.detector = FaceDetector(self.config.detector, weights=models.get("mtcnn"))
         self.expression = ExpressionClassifier(models.get("fer-expression"), device=self.config.device,
                                                batch_size=self.config.expression_batch)

@@ -33,7 +33,7 @@ import numpy as np
 
 from extractors.contracts import SpeakerTurn, SpeechSegment, VideoInfo
 from extractors.errors import ExtractorError, MediaError
-from extractors.moments import MODALITIES, ModalityInputs, Moment, build_moments, pool_time, split_at_pauses
+from extractors.moments import MODALITIES, ModalityInputs, Moment, build_moments, split_at_pauses
 from pipeline.config import PipelineConfig
 from pipeline.errors import UserError
 from pipeline.stage_cache import StageCache, StageRecord, content_key, file_sha256, stage_key
@@ -283,13 +283,18 @@ class PipelineRunner:
                 segment.character, segment.speaker_confidence = a.character, a.confidence
 
         # --- features ----------------------------------------------------------------------------
-        acoustic_key = stage_key("acoustic", sha, settings("acoustic"), {}, [])
+        acoustic_kind = self.scorer.acoustic_kind   # the features the checkpoint was trained on
+        acoustic_stage = "acoustic" if acoustic_kind == "librosa" else "acoustic_whisper"
+        acoustic_key = stage_key("acoustic", sha, {**settings("acoustic"), "kind": acoustic_kind},
+                                 self.stages.model_versions(acoustic_stage), [])
 
         def compute_acoustic():
-            from extractors.acoustic_features import D_ACOUSTIC
-
-            frames = self.stages.get("acoustic").frames(audio()) if segments else np.zeros((0, D_ACOUSTIC), np.float32)
-            return {"frame_rate": self.stages.get("acoustic").config.frame_rate}, {"frames": frames}
+            extractor = self.stages.get(acoustic_stage)
+            frame_rate = float(extractor.frame_rate if acoustic_kind == "whisper" else extractor.config.frame_rate)
+            if not segments:
+                dim = extractor.dim if acoustic_kind == "whisper" else extractor.frames(np.zeros(0)).shape[1]
+                return {"frame_rate": frame_rate}, {"frames": np.zeros((0, dim), np.float32)}
+            return {"frame_rate": frame_rate}, {"frames": extractor.frames(audio())}
 
         acoustic_data, acoustic_arrays = cache.run("acoustic", acoustic_key, compute_acoustic)
         text_key = stage_key("text", sha, settings("text"), self.stages.model_versions("text"), [segments_key])
@@ -313,7 +318,7 @@ class PipelineRunner:
                                 {}, [visual_key, speaking_key, acoustic_key, text_key])
 
         def compute_scoring():
-            scores = self.scorer.score(moments, inputs, progress=lambda f: report("scoring", f))
+            scores = self.scorer.score(moments, inputs, cfg.moments, progress=lambda f: report("scoring", f))
             return {"scores": scores}, {}
 
         scores = cache.run("scoring", scoring_key, compute_scoring)[0]["scores"]
@@ -331,7 +336,6 @@ class PipelineRunner:
         from extractors.acoustic_features import D_ACOUSTIC
         from extractors.text_features import D_TEXT
 
-        cfg = self.config.moments
         by_id = {s.id: s for s in segments}
         result = []
         for moment in moments:
@@ -349,10 +353,9 @@ class PipelineRunner:
                     first = max(0, int(math.floor(segment.start * frame_rate)))
                     last = min(len(acoustic_frames), int(math.ceil(segment.end * frame_rate)))
                     acoustic = acoustic_frames[first:last]
-                entries.append(ModalityInputs(
+                entries.append(ModalityInputs(   # as extracted; the scorer prepares them as its checkpoint wants
                     moment=moment.id, character=character.id, role="speaker" if speaks else "listener",
-                    text=pool_time(text, cfg.max_text_steps), visual=pool_time(rows, cfg.max_visual_steps),
-                    acoustic=pool_time(acoustic, cfg.max_acoustic_steps)))
+                    text=text, visual=rows, acoustic=acoustic, personality=character.personality))
             result.append(entries)
         return result
 

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from extractors.moments import MODALITIES, ModalityInputs, Moment
+from extractors.moments import MODALITIES, ModalityInputs, Moment, MomentConfig, pool_frames, pool_time
 from pipeline.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -57,8 +57,9 @@ class EmotionScorer:
             raise UserError(f"the default RAMer checkpoint is missing at {path}; reinstall the project or pass "
                             "--checkpoint DIR")
         model = from_pretrained(path, map_location=device)
-        check_fits_extractors(model, path)
-        return cls(model.eval(), path, explicit, checkpoint_digest(path), device)
+        scorer = cls(model.eval(), path, explicit, checkpoint_digest(path), device)
+        check_fits_extractors(model, path, scorer.acoustic_kind, scorer.visual_fill)
+        return scorer
 
     # -------------------------------------------------------------------------------- properties
 
@@ -81,6 +82,43 @@ class EmotionScorer:
             return np.asarray(per_label, dtype=np.float64)
         return np.full(len(self.labels), float(self.model.config.threshold))
 
+    # --- how the checkpoint's inputs were prepared in training (the pipeline prepares them the same way) ---
+
+    @property
+    def _extra(self) -> dict:
+        return {**dict(getattr(self.model.config, "extra", None) or {}), **self.card}
+
+    @property
+    def acoustic_kind(self) -> str:
+        """``librosa`` (47-d, 100 frames/s) or ``whisper`` (whisper-tiny.en encoder states, 50 frames/s)."""
+        return str(self._extra.get("acoustic_features", "librosa"))
+
+    @property
+    def acoustic_pool(self) -> int:
+        return int(self._extra.get("acoustic_pool_frames", 1) or 1)
+
+    @property
+    def visual_fill(self) -> dict[str, float]:
+        """Visual columns the checkpoint never saw measured, and the constant it saw instead."""
+        return {str(k): float(v) for k, v in (self._extra.get("visual_fill") or {}).items()}
+
+    def prepare(self, entry: ModalityInputs, limits: MomentConfig) -> ModalityInputs:
+        """The sequences as the checkpoint saw them in training: fill, frame pooling, length caps."""
+        from dataclasses import replace
+
+        from extractors.visual_features import VISUAL_FEATURE_NAMES
+
+        visual = entry.visual
+        if self.visual_fill and len(visual):
+            visual = visual.copy()
+            for name, value in self.visual_fill.items():
+                visual[:, VISUAL_FEATURE_NAMES.index(name)] = value
+        acoustic = pool_frames(entry.acoustic, self.acoustic_pool)
+        max_positions = int(self.model.config.max_positions)
+        return replace(entry, visual=pool_time(visual, min(limits.max_visual_steps, max_positions)),
+                       acoustic=pool_time(acoustic, min(limits.max_acoustic_steps, max_positions)),
+                       text=entry.text[: min(limits.max_text_steps, max_positions)])
+
     @property
     def trained_modalities(self) -> list[str]:
         """Modalities the checkpoint has trained evidence for (its card's ``trained_modalities``; all three
@@ -100,14 +138,16 @@ class EmotionScorer:
 
     # ----------------------------------------------------------------------------------- scoring
 
-    def score(self, moments: list[Moment], inputs: list[list[ModalityInputs]],
+    def score(self, moments: list[Moment], inputs: list[list[ModalityInputs]], limits: MomentConfig | None = None,
               progress: Callable[[float], None] | None = None) -> list[dict]:
         """Timeline entries (dicts of the timeline JSON), one per (moment, character on screen)."""
         from ramer_core.datasets.common import FeatureDims, RamerDataset
         from ramer_core.training import predict
 
+        limits = limits or MomentConfig()
         samples, targets = [], []
-        for moment, entries in zip(moments, inputs, strict=True):
+        for moment, raw in zip(moments, inputs, strict=True):
+            entries = [self.prepare(entry, limits) for entry in raw]
             for target in range(len(entries)):
                 samples.append(moment_sample(entries, target, self.model.config))
                 targets.append((moment, entries[target]))
@@ -153,20 +193,40 @@ def moment_sample(entries: list[ModalityInputs], target: int, config):
                 mask[p, 0, : len(seq)] = True
         tensors[m], masks[m] = x, mask
     present = torch.tensor([[list(e.present)] for e in entries], dtype=torch.bool)   # [P, 1, 3]
+    personality = personality_present = None
+    if config.personality_dim > 0:
+        # a cast file's vectors feed the personality branch; a character without one is masked
+        personality = torch.zeros(persons, config.personality_dim)
+        personality_present = torch.zeros(persons, dtype=torch.bool)
+        for p, entry in enumerate(entries):
+            if entry.personality is not None and len(entry.personality) == config.personality_dim:
+                personality[p] = torch.from_numpy(np.asarray(entry.personality, dtype=np.float32))
+                personality_present[p] = True
     return RamerSample(text=tensors["text"], visual=tensors["visual"], acoustic=tensors["acoustic"],
                        text_mask=masks["text"], visual_mask=masks["visual"], acoustic_mask=masks["acoustic"],
                        present=present, labels=None, target_person=target, target_segment=0,
+                       personality=personality, personality_present=personality_present,
                        key=f"{entries[target].moment}/{entries[target].character}")
 
 
-def check_fits_extractors(model, path: Path) -> None:
+WHISPER_TINY_DIM = 384  # whisper-tiny.en encoder width (the acoustic_features "whisper" option)
+
+
+def check_fits_extractors(model, path: Path, acoustic_kind: str = "librosa", visual_fill: dict | None = None) -> None:
     """A checkpoint whose feature sizes differ from the extractors' cannot read their output."""
     from extractors.acoustic_features import D_ACOUSTIC
     from extractors.text_features import D_TEXT
-    from extractors.visual_features import D_VISUAL
+    from extractors.visual_features import D_VISUAL, VISUAL_FEATURE_NAMES
 
+    if acoustic_kind not in ("librosa", "whisper"):
+        raise UserError(f"checkpoint {path} wants acoustic features {acoustic_kind!r}; this pipeline has librosa "
+                        "and whisper")
+    unknown = sorted(set(visual_fill or {}) - set(VISUAL_FEATURE_NAMES))
+    if unknown:
+        raise UserError(f"checkpoint {path} fills visual columns this pipeline does not have: {unknown}")
     config = model.config
-    expected = {"text": D_TEXT, "visual": D_VISUAL, "acoustic": D_ACOUSTIC}
+    expected = {"text": D_TEXT, "visual": D_VISUAL,
+                "acoustic": D_ACOUSTIC if acoustic_kind == "librosa" else WHISPER_TINY_DIM}
     wrong = [f"{m} {getattr(config, f'{m}_dim')} (extractors give {d})" for m, d in expected.items()
              if getattr(config, f"{m}_dim") != d]
     if wrong:

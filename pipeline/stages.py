@@ -12,6 +12,7 @@ stage, the models it uses with their source and version: they are part of the st
 
 from __future__ import annotations
 
+import copy
 import logging
 from dataclasses import dataclass, field
 from typing import Any
@@ -28,6 +29,7 @@ STAGE_MODELS: dict[str, tuple[str, ...]] = {
     "diarization": ("resemblyzer",),
     "speaking": ("face-mesh",),
     "acoustic": (),
+    "acoustic_whisper": ("whisper-tiny.en",),
     "text": ("minilm",),
 }
 
@@ -63,6 +65,8 @@ class StageFactory:
         return self.config.models.get(name)
 
     def get(self, stage: str):
+        """The built stage (each gets a copy of its settings: a stage that adjusts them cannot change the
+        cache keys computed from the configuration)."""
         if stage not in self._built:
             self._built[stage] = getattr(self, f"_build_{stage}")()
         return self._built[stage]
@@ -74,40 +78,45 @@ class StageFactory:
 
         from extractors.visual_features import VisualExtractor
 
-        visual = replace(self.config.visual, device=self.config.visual.device or self.device)
+        visual = replace(copy.deepcopy(self.config.visual), device=self.config.visual.device or self.device)
         return VisualExtractor(visual, models=self.config.models)
 
     def _build_vad(self):
         from extractors.vad import VoiceActivityDetector
 
-        return VoiceActivityDetector(self.config.vad, model_path=self._path("silero-vad"))
+        return VoiceActivityDetector(copy.deepcopy(self.config.vad), model_path=self._path("silero-vad"))
 
     def _build_asr(self):
         from dataclasses import replace
 
         from extractors.asr import SpeechRecognizer
 
-        asr_config = replace(self.config.asr, model=self.config.asr_model,
+        asr_config = replace(copy.deepcopy(self.config.asr), model=self.config.asr_model,
                              model_path=self.config.asr.model_path or self._path(self.config.asr_model))
         return SpeechRecognizer(asr_config, vad=self.get("vad"), device=self.device)
 
     def _build_diarization(self):
         from extractors.diarization import SpeakerDiarizer
 
-        return SpeakerDiarizer(self.config.diarization, model_path=self._path("resemblyzer"), vad=self.get("vad"),
+        return SpeakerDiarizer(copy.deepcopy(self.config.diarization), model_path=self._path("resemblyzer"), vad=self.get("vad"),
                                device=self.device)
 
     def _build_speaking(self):
         from extractors.active_speaker import ActiveSpeakerDetector
 
-        return ActiveSpeakerDetector(self.config.speaking, model_path=self._path("face-mesh"))
+        return ActiveSpeakerDetector(copy.deepcopy(self.config.speaking), model_path=self._path("face-mesh"))
 
     def _build_acoustic(self):
         from extractors.acoustic_features import AcousticFeatureExtractor
 
-        return AcousticFeatureExtractor(self.config.acoustic)
+        return AcousticFeatureExtractor(copy.deepcopy(self.config.acoustic))
+
+    def _build_acoustic_whisper(self):
+        from extractors.acoustic_features import WhisperEncoderFeatures
+
+        return WhisperEncoderFeatures("whisper-tiny.en", model_path=self._path("whisper-tiny.en"))
 
     def _build_text(self):
         from extractors.text_features import TextEncoder
 
-        return TextEncoder(self.config.text, model_path=self._path("minilm"), device=self.device)
+        return TextEncoder(copy.deepcopy(self.config.text), model_path=self._path("minilm"), device=self.device)

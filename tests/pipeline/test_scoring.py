@@ -1,0 +1,72 @@
+"""RAMer scoring of moments: multi-person samples, absent modalities empty, inputs prepared as in training."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from extractors.acoustic_features import D_ACOUSTIC
+from extractors.moments import ModalityInputs, Moment, MomentConfig
+from extractors.text_features import D_TEXT
+from extractors.visual_features import D_VISUAL, VISUAL_FEATURE_NAMES
+from pipeline.errors import UserError
+from pipeline.scoring import EmotionScorer, moment_sample
+
+LABELS = ("anger", "disgust", "fear", "joy", "neutral", "sadness", "surprise")
+
+
+def tiny_checkpoint(folder, card: dict, **dims):
+    from ramer_core.config import RamerConfig
+    from ramer_core.model import RamerModel
+
+    torch.manual_seed(0)
+    config = RamerConfig(text_dim=dims.get("text", D_TEXT), visual_dim=dims.get("visual", D_VISUAL),
+                         acoustic_dim=dims.get("acoustic", D_ACOUSTIC), num_labels=7, label_names=LABELS,
+                         hidden_size=16, num_heads=2, ffn_size=16, text_layers=1, visual_layers=1, acoustic_layers=1,
+                         queue_size=32, latent_size=8)
+    RamerModel(config).save_pretrained(folder, card=card)
+    return folder
+
+
+def entries():
+    rng = np.random.default_rng(0)
+    speaker = ModalityInputs("M0", "C0", "speaker", rng.normal(size=(5, D_TEXT)).astype(np.float32),
+                             rng.random((6, D_VISUAL)).astype(np.float32),
+                             rng.normal(size=(40, D_ACOUSTIC)).astype(np.float32))
+    listener = ModalityInputs("M0", "C1", "listener", np.zeros((0, D_TEXT), np.float32),
+                              rng.random((4, D_VISUAL)).astype(np.float32), np.zeros((0, D_ACOUSTIC), np.float32))
+    return [speaker, listener]
+
+
+def test_a_moment_is_one_sample_per_character_with_everyone_in_it():
+    class Config:
+        text_dim, visual_dim, acoustic_dim, personality_dim = D_TEXT, D_VISUAL, D_ACOUSTIC, 0
+
+    sample = moment_sample(entries(), 1, Config)
+    assert sample.visual.shape[:2] == (2, 1) and sample.target_person == 1
+    assert sample.present.tolist() == [[[True, True, True]], [[False, True, False]]]
+    assert not sample.acoustic_mask[1].any() and not sample.text_mask[1].any(), "a listener's voice is empty"
+    assert sample.visual_mask[1, 0].sum() == 4
+
+
+def test_inputs_are_prepared_as_the_checkpoint_was_trained(tmp_path):
+    column = VISUAL_FEATURE_NAMES[-1]
+    folder = tiny_checkpoint(tmp_path / "ckpt", {"visual_fill": {column: 0.25}, "acoustic_pool_frames": 4,
+                                                 "trained_modalities": ["text", "visual"]})
+    scorer = EmotionScorer.load(folder)
+    prepared = scorer.prepare(entries()[0], MomentConfig())
+    assert np.all(prepared.visual[:, VISUAL_FEATURE_NAMES.index(column)] == 0.25)
+    assert prepared.acoustic.shape == (10, D_ACOUSTIC)
+    np.testing.assert_allclose(prepared.acoustic[0], entries()[0].acoustic[:4].mean(0), rtol=1e-5)
+    scores = scorer.score([Moment("M0", 0.0, 2.0, "S0", "C0")], [entries()])
+    assert [s["role"] for s in scores] == ["speaker", "listener"]
+    assert scores[0]["untrained_modalities"] == ["acoustic"] and scores[1]["untrained_modalities"] == []
+    assert scores[1]["modalities"] == ["visual"]
+
+
+def test_a_checkpoint_that_does_not_fit_is_refused(tmp_path):
+    with pytest.raises(UserError, match="visual 35"):
+        EmotionScorer.load(tiny_checkpoint(tmp_path / "wrong", {}, visual=35))
+    with pytest.raises(UserError, match="fills visual columns"):
+        EmotionScorer.load(tiny_checkpoint(tmp_path / "fill", {"visual_fill": {"no_such_column": 0.0}}))
