@@ -1,21 +1,24 @@
 """Feature caches for the default checkpoint: the real labelled sets encoded by the project's own extractors.
 
-Run ``python -m benchmarks.default_model_features [text|acoustic|visual|all]``; each cache is written once
-(atomically) under ``$RAMER_CACHE_DIR/default_model`` (default ``~/.cache/ramer-timelines/default_model``)
-and reused by ``benchmarks/default_model.py``. Nothing here goes into the repository.
+Run ``python -m benchmarks.default_model_features [text|acoustic|visual|whisper|geometry|all]`` from the
+repository root; each cache is written once (atomically) under ``$RAMER_CACHE_DIR/default_model`` (default
+``~/.cache/ramer-timelines/default_model``), skipped when present, and read by ``benchmarks/default_model.py``.
+Nothing here goes into the repository. ``acoustic --actors 1 6`` (and 7 12, 13 18, 19 24) builds the speech
+cache in four parts that can run in parallel processes; ``text --only NAME`` builds one text cache.
 
-- text: MELD (train/dev/test utterances, 7 labels) and GoEmotions-Ekman (train/dev/test comments,
-  multi-label) through :class:`extractors.text_features.TextEncoder` token embeddings ([T, 384] per
-  text, special tokens dropped, at most 256 word pieces: what ``span_features`` gives the pipeline).
-  Texts are batched by length; BERT's attention mask makes the padded batch give the same rows.
+- text: MELD (train/dev/test utterances, 7 labels) and GoEmotions-Ekman (dev/test, and train in chunks of
+  TEXT_CHUNK comments, multi-label) through :class:`extractors.text_features.TextEncoder` token embeddings
+  ([T, 384] per text, special tokens dropped, at most 256 word pieces: what ``span_features`` gives the
+  pipeline). Texts are batched by length; the attention mask makes the padded batch give the same rows.
 - acoustic: RAVDESS speech (1,440 clips; "calm" is mapped to neutral) through the pipeline's path for a
-  speaker: silero VAD regions as the speaker's turns, then ``speaker_span`` of the whole-clip frames, for
-  both the 47-d librosa set and the whisper-tiny.en encoder states (384-d at 50 frames/s).
-- visual: FER2013 (Training / PublicTest / PrivateTest) per-face vectors in ``VISUAL_FEATURE_NAMES`` order:
-  expression probabilities of the face upscaled to the model's 64x64 input (the mini-Xception was trained
-  on these images resized so); five-point geometry from MTCNN on the face upscaled to 96 px inside a
-  16 px replicated border (found on about 84 % of the faces); every other column (and the geometry of
-  faces MTCNN does not find) is NaN: "not measured", filled by the trainer with documented constants.
+  speaker: silero VAD regions as the speaker's turns, then ``speaker_span`` of the whole-clip frames; the
+  47-d librosa set (``acoustic``) and, optionally, the whisper-tiny.en encoder states (``whisper``, 384-d).
+- visual: FER2013 (Training / PublicTest / PrivateTest): the expression probabilities of each face resized
+  to the mini-Xception's 64x64 input (it was trained on these images resized so), named like
+  ``VISUAL_FEATURE_NAMES``; optionally (``geometry``) the five-point geometry from MTCNN on the face
+  upscaled to 96 px inside a 16 px replicated border (found on about 84 % of faces in a 120-face probe;
+  NaN where not found). Columns not cached here are "not measured": the trainer fills them with constants
+  that the checkpoint's card lists (``visual_fill``).
 """
 
 from __future__ import annotations
