@@ -84,7 +84,8 @@ class SeedRun:
 
 def build_argument_parser(benchmark: PaperBenchmark, doc: str) -> argparse.ArgumentParser:
     preset_seed = PRESETS[benchmark.preset]["seed"]
-    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter,
+    # no abbreviations: an abbreviated `pipeline train` option (--thr) must not be taken for ours (--threads)
+    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False,
                                      epilog="Other options go to `python -m pipeline train` (see its --help).")
     parser.add_argument("dataset", type=Path, help="the dataset file or folder, as the reader expects it")
     parser.add_argument("--seeds", type=int, nargs="+", default=[preset_seed + i for i in range(3)],
