@@ -19,7 +19,7 @@ from extractors.expression import (
     fer_face_crop,
     to_model_input,
 )
-from extractors.media import iter_frames
+from extractors.media import iter_frames, probe
 
 REFERENCE = Path(__file__).parent / "data" / "fer_reference.npz"   # how it was made: data/README.md
 
@@ -51,10 +51,14 @@ def test_crops_are_the_ones_fer_makes(reference, media_dir):
         wanted.setdefault(str(video), {})[float(t)] = frame_id
     checked = 0
     for video, times in wanted.items():
-        for frame in iter_frames(media_dir / video, fps=None, end=max(times) + 0.01):
-            frame_id = times.get(frame.t)
-            if frame_id is None:
+        # The references were recorded in container time; frame times now count from the first video frame.
+        offset = probe(media_dir / video).video_start
+        recorded = np.array(sorted(times))
+        for frame in iter_frames(media_dir / video, fps=None, end=max(times) - offset + 0.01):
+            nearest = recorded[np.argmin(np.abs(recorded - (frame.t + offset)))]
+            if abs(nearest - (frame.t + offset)) > 1e-4:
                 continue
+            frame_id = times[float(nearest)]
             gray = cv2.cvtColor(frame.image, cv2.COLOR_RGB2GRAY)
             for index in np.flatnonzero(reference["frame_ids"] == frame_id):
                 np.testing.assert_array_equal(fer_face_crop(gray, reference["boxes"][index]), reference["crops"][index])
