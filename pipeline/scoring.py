@@ -225,6 +225,10 @@ def check_fits_extractors(model, path: Path, acoustic_kind: str = "librosa", vis
     if unknown:
         raise UserError(f"checkpoint {path} fills visual columns this pipeline does not have: {unknown}")
     config = model.config
+    names = (getattr(config, "extra", None) or {}).get("visual_feature_names")
+    if names is not None and tuple(names) != tuple(VISUAL_FEATURE_NAMES):
+        raise UserError(f"checkpoint {path} was trained on visual columns {names}, the extractors give "
+                        f"{list(VISUAL_FEATURE_NAMES)}; retrain it on the current features")
     expected = {"text": D_TEXT, "visual": D_VISUAL,
                 "acoustic": D_ACOUSTIC if acoustic_kind == "librosa" else WHISPER_TINY_DIM}
     wrong = [f"{m} {getattr(config, f'{m}_dim')} (extractors give {d})" for m, d in expected.items()
