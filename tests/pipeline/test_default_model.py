@@ -1,0 +1,85 @@
+"""The committed default checkpoint (pipeline/default_model): it loads without running code, has the 7
+labels and the extractors' dimensions, says what it may be used for, and reads a happy and an angry
+FER2013 face differently when they go in as the visual extractor's per-face vector."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from extractors.acoustic_features import D_ACOUSTIC
+from extractors.expression import EXPRESSION_LABELS, INPUT_SIZE, ExpressionClassifier
+from extractors.text_features import D_TEXT
+from extractors.visual_features import D_VISUAL, VISUAL_FEATURE_NAMES
+from ramer_core import RamerBatch, from_pretrained
+
+CHECKPOINT = Path(__file__).resolve().parents[2] / "pipeline" / "default_model"
+LABELS = ("anger", "disgust", "fear", "joy", "neutral", "sadness", "surprise")
+
+
+@pytest.fixture(scope="module")
+def model():
+    torch.set_num_threads(1)
+    return from_pretrained(CHECKPOINT)
+
+
+def test_labels_dimensions_and_card(model):
+    config, card = model.config, model.card
+    assert tuple(config.label_names) == LABELS
+    assert config.text_dim == D_TEXT
+    assert config.visual_dim == D_VISUAL          # the visual extractor's per-face vector, read at run time
+    acoustic = config.extra["acoustic_features"]
+    assert config.acoustic_dim == (D_ACOUSTIC if acoustic == "librosa" else 384)
+    assert config.extra["visual_feature_names"] == list(VISUAL_FEATURE_NAMES)
+    assert set(card["visual_fill"]) <= set(VISUAL_FEATURE_NAMES)
+    assert "non-commercial" in card["intended_use"]
+    assert "CC BY-NC-SA 4.0" in card["licences"]["ravdess"] and "research" in card["licences"]["fer"]
+    assert len(card["thresholds"]) == len(LABELS)
+    for name in ("meld", "goemotions", "ravdess", "fer"):
+        assert name in card["metrics"]["ramer"] and name in card["metrics"]["late_fusion"]
+
+
+def _face_vector(model, classifier: ExpressionClassifier, path: Path) -> np.ndarray:
+    """[D_VISUAL] as the checkpoint was trained: expression of the face resized to the model's input,
+    every column the card lists in visual_fill set to its constant."""
+    gray = cv2.imread(str(path), cv2.IMREAD_GRAYSCALE)
+    probs = classifier.predict_crops(cv2.resize(gray, (INPUT_SIZE, INPUT_SIZE))[None])[0]   # [7]
+    row = np.zeros(D_VISUAL, np.float32)
+    for name, value in model.card["visual_fill"].items():
+        row[VISUAL_FEATURE_NAMES.index(name)] = value
+    for label, p in zip(EXPRESSION_LABELS, probs, strict=True):
+        row[VISUAL_FEATURE_NAMES.index(f"expression_{label}")] = p
+    return row
+
+
+def _first_confident(classifier: ExpressionClassifier, folder: Path, label: str) -> Path:
+    """The first PrivateTest face of `folder` that the expression model itself calls `label`."""
+    for path in sorted(folder.glob("PrivateTest_*.jpg"))[:200]:
+        gray = cv2.imread(str(path), cv2.IMREAD_GRAYSCALE)
+        probs = classifier.predict_crops(cv2.resize(gray, (INPUT_SIZE, INPUT_SIZE))[None])[0]
+        if EXPRESSION_LABELS[int(probs.argmax())] == label and probs.max() > 0.6:
+            return path
+    pytest.fail(f"no confident {label} face in {folder}")
+
+
+def test_happy_and_angry_faces_read_differently(model, data_dir):
+    classifier = ExpressionClassifier(device="cpu")
+    happy = _first_confident(classifier, data_dir / "fer2013" / "test" / "happy", "happy")
+    angry = _first_confident(classifier, data_dir / "fer2013" / "test" / "angry", "angry")
+    faces = torch.from_numpy(np.stack([_face_vector(model, classifier, p) for p in (happy, angry)]))[:, None]  # [2, 1, Dv]
+    batch = RamerBatch.single(
+        text=torch.zeros(2, 1, model.config.text_dim), visual=faces,
+        acoustic=torch.zeros(2, 1, model.config.acoustic_dim),
+        text_mask=torch.zeros(2, 1, dtype=torch.bool), visual_mask=torch.ones(2, 1, dtype=torch.bool),
+        acoustic_mask=torch.zeros(2, 1, dtype=torch.bool),
+        present=torch.tensor([[False, True, False]] * 2))
+    with torch.inference_mode():
+        probs = model(batch).probs                                                              # [2, 7]
+    joy, anger = LABELS.index("joy"), LABELS.index("anger")
+    assert int(probs[0].argmax()) == joy
+    assert probs[0, joy] > probs[1, joy] + 0.3
+    assert probs[1, anger] > probs[0, anger] + 0.1
