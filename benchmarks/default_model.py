@@ -47,6 +47,7 @@ from benchmarks.default_model_features import (  # noqa: E402
     load_acoustic,
     text_cache_names,
 )
+from extractors.moments import pool_frames  # noqa: E402  (the pipeline pools a checkpoint's input the same way)
 
 log = logging.getLogger(__name__)
 
@@ -89,14 +90,6 @@ class Split:
 
     def take(self, indices) -> Split:
         return Split([self.sequences[i] for i in indices], self.labels[indices], [self.ids[i] for i in indices])
-
-
-def pool_frames(x: np.ndarray, group: int) -> np.ndarray:
-    """[T, D] -> [ceil(T / group), D]: the mean of each run of `group` frames (the last run may be shorter)."""
-    if group <= 1 or not len(x):
-        return x
-    starts = np.arange(0, len(x), group)
-    return (np.add.reduceat(x, starts, axis=0) / np.diff(np.append(starts, len(x)))[:, None]).astype(np.float32)
 
 
 def _split_of(cache: SequenceSet, indices=None, max_steps: int | None = None, pool: int = 1) -> Split:
