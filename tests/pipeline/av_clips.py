@@ -53,18 +53,23 @@ def load_source(path: Path, side: int = 360) -> Source:
     return Source(path.stem, np.stack([images[i] for i in index]), load_audio(path))
 
 
-def write_clip(path: Path, frames: list[np.ndarray], audio: np.ndarray) -> Path:
+def write_clip(path: Path, frames: list[np.ndarray], audio: np.ndarray | None) -> Path:
+    """H.264 at FPS, and AAC mono at 16 kHz unless ``audio`` is None (a video without a sound track)."""
     with av.open(str(path), "w") as container:
         video = container.add_stream("libx264", rate=FPS)
         video.width, video.height, video.pix_fmt = frames[0].shape[1], frames[0].shape[0], "yuv420p"
         video.options = {"crf": "23", "preset": "veryfast"}
-        sound = container.add_stream("aac", rate=SAMPLE_RATE)
-        sound.layout = "mono"
+        sound = None
+        if audio is not None:  # every stream is added before the first packet is written
+            sound = container.add_stream("aac", rate=SAMPLE_RATE)
+            sound.layout = "mono"
         for image in frames:
             for packet in video.encode(av.VideoFrame.from_ndarray(image, format="rgb24")):
                 container.mux(packet)
         for packet in video.encode():
             container.mux(packet)
+        if sound is None:
+            return path
         samples = np.clip(audio, -1, 1).astype(np.float32)
         step = 1024
         for i in range(0, len(samples), step):

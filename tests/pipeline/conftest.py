@@ -6,17 +6,10 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
+
+from tests.extractors.conftest import _one_torch_thread  # noqa: F401  (autouse: one torch thread per module)
 
 sys.path.insert(0, str(Path(__file__).parent))  # av_clips, beside this file
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="session")

@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import subprocess
 import sys
-from fractions import Fraction
 from pathlib import Path
 
-import av
 import numpy as np
 import pytest
 
@@ -16,29 +14,10 @@ from pipeline.run import TIMELINE_NAME
 from tests.conftest import REPO_ROOT
 
 
-def write_video(path: Path, frames: list[np.ndarray], audio: np.ndarray | None = None, fps: int = 25) -> Path:
-    with av.open(str(path), "w") as container:
-        video = container.add_stream("libx264", rate=fps)
-        video.width, video.height, video.pix_fmt = frames[0].shape[1], frames[0].shape[0], "yuv420p"
-        sound = None
-        if audio is not None:
-            sound = container.add_stream("aac", rate=16000)
-            sound.layout = "mono"
-        for image in frames:
-            for packet in video.encode(av.VideoFrame.from_ndarray(image, format="rgb24")):
-                container.mux(packet)
-        for packet in video.encode():
-            container.mux(packet)
-        if sound is not None:
-            for i in range(0, len(audio), 1024):
-                frame = av.AudioFrame.from_ndarray(audio[None, i: i + 1024].astype(np.float32), format="flt",
-                                                   layout="mono")
-                frame.sample_rate, frame.pts, frame.time_base = 16000, i, Fraction(1, 16000)
-                for packet in sound.encode(frame):
-                    container.mux(packet)
-            for packet in sound.encode():
-                container.mux(packet)
-    return path
+def write_video(path: Path, frames: list[np.ndarray], audio: np.ndarray | None = None) -> Path:
+    import av_clips
+
+    return av_clips.write_clip(path, frames, audio)
 
 
 def run_cli(*args: str) -> int:
