@@ -24,7 +24,7 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from machine import cpu_model  # noqa: E402  (benchmarks/machine.py, beside this script)
+from machine import cpu_model, write_table  # noqa: E402  (benchmarks/machine.py, beside this script)
 
 from extractors.visual_features import VisualConfig, VisualExtractor  # noqa: E402
 from tests.extractors import edited_media as em  # noqa: E402
@@ -153,13 +153,7 @@ def main() -> int:
         f"{ratio(crowd_row['merged'], crowd_row['different'])}.",
         speed_line,
     ]
-    table = "\n".join(lines)
-    print(table)
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = args.out.with_suffix(".tmp")
-        tmp.write_text(table + "\n")
-        tmp.replace(args.out)
+    write_table(args.out, "\n".join(lines))
     return 0
 
 

@@ -15,3 +15,13 @@ def cpu_model() -> str:
     except OSError:
         pass
     return platform.processor() or platform.machine() or "unknown CPU"
+
+
+def write_table(out: Path | None, table: str) -> None:
+    """Prints a benchmark's table and, when ``out`` is given, replaces that file with it whole."""
+    print(table)
+    if out:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = out.with_suffix(".tmp")
+        tmp.write_text(table + "\n")
+        tmp.replace(out)

@@ -24,7 +24,6 @@ import resource
 import subprocess
 import sys
 import time
-from fractions import Fraction
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -40,32 +39,14 @@ SENTENCE = ("And so my fellow Americans, ask not what your country can do for yo
 
 def build_input(clip: Path, minutes: float, workdir: Path) -> Path:
     """``clip`` repeated to ``minutes`` by copying its packets with shifted timestamps (no re-encode)."""
-    import av
+    from tests.extractors.edited_media import repeat_by_stream_copy, stream_copy_period
 
     workdir.mkdir(parents=True, exist_ok=True)
     path = workdir / f"{clip.stem}_{minutes:g}min.mp4"
     if path.is_file():
         return path
-    with av.open(str(clip)) as source:
-        # Every stream is shifted by the same seconds per repetition, so sound and picture stay in sync;
-        # 0.2 s more than the longest stream, because B-frames and AAC priming start before 0 (the next
-        # repetition's first timestamps must follow the last ones).
-        period = 0.2 + max(float(s.start_time * s.time_base + s.duration * s.time_base) for s in source.streams
-                           if s.duration is not None)
-    repetitions = int(-(-minutes * 60 // period))
     temporary = path.with_suffix(".part.mp4")
-    with av.open(str(temporary), "w") as output:
-        with av.open(str(clip)) as source:
-            streams = {s.index: output.add_stream_from_template(s) for s in source.streams if s.type in ("video", "audio")}
-        for repetition in range(repetitions):
-            with av.open(str(clip)) as source:
-                for packet in source.demux(*[source.streams[i] for i in streams]):
-                    if packet.dts is None:
-                        continue
-                    shift = int(round(Fraction(repetition * period) / packet.time_base))
-                    packet.pts, packet.dts = packet.pts + shift, packet.dts + shift
-                    packet.stream = streams[packet.stream.index]
-                    output.mux(packet)
+    repeat_by_stream_copy(clip, int(-(-minutes * 60 // stream_copy_period(clip))), temporary)
     temporary.rename(path)
     return path
 

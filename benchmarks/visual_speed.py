@@ -24,7 +24,7 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from machine import cpu_model  # noqa: E402  (benchmarks/machine.py, beside this script)
+from machine import cpu_model, write_table  # noqa: E402  (benchmarks/machine.py, beside this script)
 
 from extractors.media import DEFAULT_ANALYSIS_FPS, iter_frames  # noqa: E402
 from extractors.visual_features import STAGES, VisualConfig, VisualExtractor  # noqa: E402
@@ -98,13 +98,7 @@ def main() -> int:
     end_load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     lines += ["", f"1-minute load average at the end {end_load:.1f} (above about 2, other jobs shared the 2 cores "
               "and the wall-clock columns are inflated; CPU s is the steadier figure)."]
-    table = "\n".join(lines)
-    print(table)
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = args.out.with_suffix(".tmp")
-        tmp.write_text(table + "\n")
-        tmp.replace(args.out)
+    write_table(args.out, "\n".join(lines))
     return 0
 
 

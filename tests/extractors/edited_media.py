@@ -305,3 +305,31 @@ def track_pairs(labels: dict[str, str | None], characters: dict[str, str], known
 def face_size(track: FaceTrack) -> float:
     """Median face size of a track (square root of the box area), in output pixels."""
     return float(np.median([math.sqrt((d.box[2] - d.box[0]) * (d.box[3] - d.box[1])) for d in track.detections]))
+
+
+def stream_copy_period(clip: Path) -> float:
+    """Seconds between the starts of two copies in :func:`repeat_by_stream_copy`."""
+    with av.open(str(clip)) as source:
+        return 0.2 + max(float(s.start_time * s.time_base + s.duration * s.time_base) for s in source.streams
+                         if s.duration is not None)
+
+
+def repeat_by_stream_copy(clip: Path, copies: int, out: Path) -> float:
+    """``clip`` repeated ``copies`` times into ``out`` by copying its packets with shifted timestamps (no
+    re-encode); returns the period in seconds. Every stream shifts by the same period, 0.2 s more than the
+    longest stream (B-frames and AAC priming start before 0), so sound and picture stay in sync and each
+    join leaves a hole in the audio timestamps, as stream-copied broadcast material does."""
+    period = stream_copy_period(clip)
+    with av.open(str(out), "w") as output:
+        with av.open(str(clip)) as source:
+            streams = {s.index: output.add_stream_from_template(s) for s in source.streams if s.type in ("video", "audio")}
+        for copy in range(copies):
+            with av.open(str(clip)) as source:
+                for packet in source.demux(*[source.streams[i] for i in streams]):
+                    if packet.dts is None:
+                        continue
+                    shift = int(round(Fraction(copy * period) / packet.time_base))
+                    packet.pts, packet.dts = packet.pts + shift, packet.dts + shift
+                    packet.stream = streams[packet.stream.index]
+                    output.mux(packet)
+    return period

@@ -188,25 +188,10 @@ def test_audio_whose_clock_restarts_is_placed_by_its_times_with_a_warning(tmp_pa
 
 
 def stream_copied_concatenation(clip, copies: int, out):
-    """``clip`` repeated ``copies`` times by copying its packets with shifted timestamps (no re-encode),
-    as benchmarks/memory.py builds its 60-minute input: every stream shifts by the same period, 0.2 s
-    more than the longest stream, so each join leaves a hole in the audio timestamps."""
-    with av.open(str(clip)) as source:
-        period = 0.2 + max(float(s.start_time * s.time_base + s.duration * s.time_base) for s in source.streams
-                           if s.duration is not None)
-    with av.open(str(out), "w") as output:
-        with av.open(str(clip)) as source:
-            streams = {s.index: output.add_stream_from_template(s) for s in source.streams if s.type in ("video", "audio")}
-        for copy in range(copies):
-            with av.open(str(clip)) as source:
-                for packet in source.demux(*[source.streams[i] for i in streams]):
-                    if packet.dts is None:
-                        continue
-                    shift = int(round(Fraction(copy * period) / packet.time_base))
-                    packet.pts, packet.dts = packet.pts + shift, packet.dts + shift
-                    packet.stream = streams[packet.stream.index]
-                    output.mux(packet)
-    return out, period
+    """``clip`` repeated as benchmarks/memory.py builds its 60-minute input (see edited_media)."""
+    from tests.extractors.edited_media import repeat_by_stream_copy
+
+    return out, repeat_by_stream_copy(clip, copies, out)
 
 
 def test_stream_copied_concatenation_keeps_audio_as_long_as_video(tmp_path, media_dir):
