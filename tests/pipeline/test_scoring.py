@@ -70,3 +70,15 @@ def test_a_checkpoint_that_does_not_fit_is_refused(tmp_path):
         EmotionScorer.load(tiny_checkpoint(tmp_path / "wrong", {}, visual=35))
     with pytest.raises(UserError, match="fills visual columns"):
         EmotionScorer.load(tiny_checkpoint(tmp_path / "fill", {"visual_fill": {"no_such_column": 0.0}}))
+
+
+def test_cast_personality_reaches_the_sample_and_an_unknown_one_stays_masked():
+    class Config:
+        text_dim, visual_dim, acoustic_dim, personality_dim = D_TEXT, D_VISUAL, D_ACOUSTIC, 3
+
+    speaker, listener = entries()
+    speaker.personality = np.array([0.1, 0.2, 0.3], np.float32)
+    sample = moment_sample([speaker, listener], 0, Config)
+    assert sample.personality_present.tolist() == [True, False], "no cast vector: absent, never invented"
+    np.testing.assert_allclose(sample.personality[0].numpy(), [0.1, 0.2, 0.3])
+    assert not sample.personality[1].any()
