@@ -129,6 +129,13 @@ class FacenetFaceEmbedder:
 EMBEDDERS = ("auto", "dlib", "facenet")
 
 
+def face_embedder_name(prefer: str = "auto") -> str:
+    """The model :func:`load_face_embedder` picks for ``prefer``, without loading it."""
+    if prefer not in EMBEDDERS:
+        raise ValueError(f"unknown face embedder {prefer!r}; use {', '.join(EMBEDDERS)}")
+    return FacenetFaceEmbedder.name if prefer == "facenet" else DlibFaceEmbedder.name
+
+
 def load_face_embedder(prefer: str = "auto", *, descriptor: str | Path | None = None,
                        landmarks: str | Path | None = None, facenet_weights: str | Path | None = None,
                        device: str | None = None) -> FaceEmbedder:

@@ -377,6 +377,7 @@ class PipelineRunner:
                 "screen_time": round(_screen_time(visual, character, analysis_period), 3),
                 "speaking_time": round(speaking_time.get(character.id, 0.0), 3),
                 "thumbnail": thumbnails.get(character.id),
+                "embedding": [round(float(v), 5) for v in np.asarray(character.embedding).ravel()] or None,
             })
         models = {}
         for stage in ("visual", "vad", "asr", "diarization", "speaking", "text"):
@@ -391,6 +392,7 @@ class PipelineRunner:
                       "start_offset": float(getattr(info, "video_start", 0.0) or 0.0)},
             "model": self.scorer.model_entry(),
             "characters": characters,
+            "faces": _faces_entry(visual, self.config),
             "segments": [{
                 "id": s.id, "start": round(s.start, 3), "end": round(s.end, 3), "character": s.character,
                 "speaker_confidence": round(float(min(1.0, max(0.0, s.speaker_confidence))), 4),
@@ -418,6 +420,27 @@ def package_version() -> str:
         return version("ramer-timelines")
     except PackageNotFoundError:  # run from a source tree that was not installed
         return "0+unknown"
+
+
+def _faces_entry(visual, config) -> dict:
+    from extractors.expression import EXPRESSION_LABELS
+    from extractors.identity import face_embedder_name
+    from extractors.visual_features import D_EXPRESSION
+
+    character_of = visual.character_of_track()
+    return {
+        "analysis_fps": float(config.visual.analysis_fps),
+        "embedder": face_embedder_name(config.visual.embedder),
+        "expression_labels": list(EXPRESSION_LABELS),
+        "shots": [{"index": s.index, "start": round(s.start, 3), "end": round(s.end, 3)} for s in visual.shots],
+        "tracks": [{
+            "id": track.id, "character": character_of.get(track.id), "shot": track.shot,
+            "detections": [{"t": round(d.t, 3), "box": [round(float(v), 1) for v in d.box],
+                            "score": round(float(d.score), 4),
+                            "expression": [round(float(p), 4) for p in row[:D_EXPRESSION]]}
+                           for d, row in zip(track.detections, visual.features[track.id], strict=True)],
+        } for track in visual.tracks],
+    }
 
 
 def _screen_time(visual, character, period: float) -> float:

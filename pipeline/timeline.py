@@ -61,6 +61,38 @@ class CharacterEntry(_Strict):
     screen_time: float = Field(ge=0)
     speaking_time: float = Field(ge=0)
     thumbnail: Thumbnail | None
+    embedding: list[float] | None = Field(
+        None, description="mean face identity embedding (L2-normalised; faces.embedder says which model), "
+                          "for matching characters across episodes")
+
+
+class DetectionEntry(_Strict):
+    t: float
+    box: list[float] = Field(min_length=4, max_length=4, description="x1, y1, x2, y2 in source pixels")
+    score: float = Field(ge=0, description="face detector confidence")
+    expression: list[float] = Field(description="per-face expression probabilities, faces.expression_labels order")
+
+
+class TrackEntry(_Strict):
+    id: str
+    character: str | None
+    shot: int
+    detections: list[DetectionEntry]
+
+
+class ShotEntry(_Strict):
+    index: int
+    start: float
+    end: float
+
+
+class FacesEntry(_Strict):
+    """Every analysed face, so overlays and per-frame exports need not re-run the analysis."""
+    analysis_fps: float = Field(gt=0, description="frames analysed per second of video")
+    embedder: str = Field(description="the face identity model behind characters[].embedding")
+    expression_labels: list[str] = Field(description="label order of detections[].expression (fer's classifier)")
+    shots: list[ShotEntry]
+    tracks: list[TrackEntry]
 
 
 class WordEntry(_Strict):
@@ -116,6 +148,7 @@ class Timeline(_Strict):
     video: VideoEntry
     model: ModelEntry
     characters: list[CharacterEntry]
+    faces: FacesEntry
     segments: list[SegmentEntry]
     timeline: list[TimelineEntry]
     provenance: Provenance

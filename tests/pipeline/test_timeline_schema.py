@@ -23,6 +23,10 @@ def minimal() -> dict:
                   "trained_modalities": ["visual"], "card": {}},
         "characters": [{"id": "C0", "name": None, "tracks": ["T0"], "screen_time": 2.0, "speaking_time": 0.0,
                         "thumbnail": None}],
+        "faces": {"analysis_fps": 4.0, "embedder": "dlib-face-descriptor", "expression_labels": ["happy"],
+                  "shots": [{"index": 0, "start": 0.0, "end": 2.0}],
+                  "tracks": [{"id": "T0", "character": "C0", "shot": 0, "detections": [
+                      {"t": 0.0, "box": [0.0, 0.0, 2.0, 2.0], "score": 0.99, "expression": [1.0]}]}]},
         "segments": [],
         "timeline": [{"character": "C0", "start": 0.0, "end": 2.0, "moment": "M0", "segment": None,
                       "role": "listener", "modalities": ["visual"], "untrained_modalities": [],
