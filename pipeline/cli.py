@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import importlib.util
 import logging
 import sys
 
 from pipeline.errors import USER_ERRORS
 
-COMMANDS = ("run", "doctor", "train", "evaluate")
+COMMANDS = ("run", "batch", "render", "export", "train", "evaluate", "doctor")  # the order of --help
 
 log = logging.getLogger("pipeline")
 
@@ -29,6 +30,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMANDS:
+        if importlib.util.find_spec(f"pipeline.commands.{name}") is None:  # a command being built
+            continue
         importlib.import_module(f"pipeline.commands.{name}").register(subparsers)
     return parser
 
