@@ -15,13 +15,15 @@ log = logging.getLogger(__name__)
 EPILOG = """\
 outputs (in OUT, default out/<video name>/):
   timeline.json        the timeline (schema: pipeline/schemas/timeline.schema.json), written whole or not at all
+  timeline.<ext>       with --export: the timeline in other tools' formats (see `python -m pipeline export -h`)
   thumbnails/C*.jpg    one face crop per character
   .stages/             the stage cache: a second run reuses finished stages, an interrupted one resumes
 
 exit status:
   0    the timeline was written
   2    bad input or arguments (missing, corrupt or too short video, no faces, unwritable OUT,
-       a checkpoint that does not fit, a missing model); one line says what, nothing is left half-written
+       a checkpoint that does not fit, a missing model, an unknown --export format); one line says what,
+       nothing is left half-written
   130  interrupted (finished stages stay cached; run again to resume)
   1    a bug (traceback): please report it
 """
@@ -48,14 +50,19 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--force", action="store_true", help="recompute every stage instead of reusing the cache")
     parser.add_argument("--strict", action="store_true",
                         help="fail on a video without audio or without speech instead of a visual-only timeline")
+    parser.add_argument("--export", metavar="FMT[,FMT]",
+                        help="also write these formats beside timeline.json (srt, vtt, rttm, eaf, textgrid, "
+                             "csv, faces-csv, or all); the same as `pipeline export` afterwards")
     parser.add_argument("-q", "--quiet", action="store_true", default=argparse.SUPPRESS,
                         help="only warnings and errors; no progress bars")
     parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    from pipeline.export import export, parse_formats
     from pipeline.run import PipelineRunner, check_input
 
+    formats = parse_formats(args.export) if args.export else []  # an unknown format fails before any work
     check_input(args.video, args.strict)  # refuse bad input before any model loads
     config = load_config(args.config)
     quiet = bool(getattr(args, "quiet", False))
@@ -65,6 +72,8 @@ def run(args: argparse.Namespace) -> int:
         result = runner.run(args.video, args.output, cast=args.cast, num_speakers=args.num_speakers,
                             force=args.force, strict=args.strict, progress=progress)
     log.info("%s", result.summary())
+    if formats:
+        export(result.document, formats, timeline_path=result.timeline_path)
     return 0
 
 
