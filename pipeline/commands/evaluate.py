@@ -3,6 +3,9 @@
 Prints a markdown table of the metrics (Jaccard accuracy, micro/macro/weighted F1, micro
 precision and recall, Hamming loss) overall, on the samples missing acoustic and text, and on the
 others, at the checkpoint's threshold (or ``--threshold``). ``--json FILE`` also writes them.
+
+``--annotations FILE.csv --videos DIR`` scores the checkpoint on every usable row of a labelled corpus
+in the MELD layout instead (features extracted as for ``train --annotations``, from the same cache).
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                                    description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--checkpoint", type=Path, required=True, help="folder written by `train`")
     add_dataset_argument(parser)
-    parser.add_argument("--split", choices=("train", "valid", "test"), default="test")
+    parser.add_argument("--split", choices=("train", "valid", "test"), default="test", help="with --dataset")
     parser.add_argument("--threshold", type=float, default=None, help="override the checkpoint's threshold")
     parser.add_argument("--seed", type=int, default=None,
                         help="seed of a synthetic dataset / random splits (default: the checkpoint's training seed)")
@@ -53,12 +56,32 @@ def _write_json_atomically(path: Path, data: dict) -> None:
     write_atomically(path, lambda temporary: temporary.write_text(text))
 
 
+def _print_report(args: argparse.Namespace, name: str, source: str, samples: int, report: dict) -> None:
+    sys.stdout.write(f"{args.checkpoint} on {name} ({samples} samples), "
+                     f"threshold {report['threshold']}\n\n{markdown_table(report)}\n")
+    if args.json:
+        _write_json_atomically(args.json, {"checkpoint": str(args.checkpoint), "dataset": name, "source": source,
+                                           **report})
+        log.info("wrote %s", args.json)
+
+
+def _run_on_annotations(args: argparse.Namespace) -> int:
+    from pipeline.training.corpus import evaluate_on_corpus
+
+    report = evaluate_on_corpus(args)
+    dataset = report.pop("dataset")
+    _print_report(args, dataset.name, dataset.source, len(dataset), report)
+    return 0
+
+
 def run(args: argparse.Namespace) -> int:
     from ramer_core.model import RamerModel
     from ramer_core.training import evaluate, pick_device
 
     if not args.checkpoint.is_dir():
         raise UserError(f"checkpoint folder not found: {args.checkpoint}")
+    if getattr(args, "annotations", None) is not None:
+        return _run_on_annotations(args)
     device = pick_device(args.device)
     model = RamerModel.from_pretrained(args.checkpoint, map_location=device).to(device)
     # the same synthetic draw and random splits as at training time, unless asked otherwise
@@ -71,10 +94,5 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"{dataset.source}: labels {list(dataset.label_names)} differ from the checkpoint's "
                         f"{list(model.config.label_names)}")
     report = evaluate(model, dataset, threshold=args.threshold, device=device)
-    sys.stdout.write(f"{args.checkpoint} on {dataset.name} ({len(dataset)} samples), "
-                     f"threshold {report['threshold']}\n\n{markdown_table(report)}\n")
-    if args.json:
-        _write_json_atomically(args.json, {"checkpoint": str(args.checkpoint), "dataset": dataset.name,
-                                           "source": dataset.source, **report})
-        log.info("wrote %s", args.json)
+    _print_report(args, dataset.name, dataset.source, len(dataset), report)
     return 0

@@ -11,6 +11,13 @@ given explicitly wins): 150 epochs (RAMer ``train.sh``; M3ED: 20, CARAT ``train_
 warm-up-linear over 10 %, batch 64, a fixed decision threshold 0.25 with ``p > 0.25``, model selection
 on validation micro-F1 at that threshold (no threshold search), layers text/visual/acoustic 3/3/3
 (M3ED: 6/4/4), seed 42 (M3ED: 1), and MEmoR's class-balanced sampler for MEmoR.
+
+``--annotations FILE.csv --videos DIR`` trains on the user's labelled videos instead: a MELD-layout CSV
+(Dialogue_ID, Utterance_ID, Speaker, Emotion, Season, Episode, StartTime, EndTime; optional Utterance),
+each row's video span run through ``pipeline run``'s own extractors (features cached, so a rerun
+extracts nothing), starting ``--from default`` (fine-tune the packaged checkpoint), ``--from DIR`` or
+``--from scratch``. Rows that cannot be used are reported with their line numbers and skipped, or with
+``--on-bad-rows reject`` the run stops (exit 2) before anything is written. See pipeline.training.
 """
 
 from __future__ import annotations
@@ -27,11 +34,17 @@ log = logging.getLogger(__name__)
 
 
 def add_dataset_argument(parser: argparse.ArgumentParser) -> None:
+    """``--dataset KIND [PATH]`` or ``--annotations FILE.csv`` (with the corpus options): one is required."""
+    from pipeline.training.corpus import add_corpus_arguments
     from ramer_core.datasets import DATASET_KINDS
 
-    parser.add_argument("--dataset", nargs="+", metavar="KIND [PATH]", required=True,
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--dataset", nargs="+", metavar="KIND [PATH]",
                         help=f"benchmark kind ({', '.join(DATASET_KINDS)}) and its file or folder "
                              "(synthetic needs no path)")
+    source.add_argument("--annotations", type=Path, metavar="FILE.csv",
+                        help="labelled videos in the MELD layout (with --videos DIR; see below)")
+    add_corpus_arguments(parser)
 
 
 def parse_dataset(values: list[str], seed: int):
@@ -77,6 +90,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--overwrite", action="store_true", help="replace an existing checkpoint folder")
     parser.add_argument("--preset", choices=sorted(PRESETS), default=None,
                         help="the public code's settings for a benchmark (see above); explicit options win")
+    parser.add_argument("--from", dest="start", default="default", metavar="default|scratch|DIR",
+                        help="with --annotations: fine-tune the default checkpoint (default), fine-tune DIR, "
+                             "or train a new model from scratch (the model options below apply to scratch only)")
+    parser.add_argument("--valid-fraction", type=float, default=0.2,
+                        help="with --annotations: share of the rows held out for model selection (default 0.2)")
     training = parser.add_argument_group("training")
     training.add_argument("--epochs", type=int, default=20)
     training.add_argument("--batch-size", type=int, default=64)
@@ -143,20 +161,38 @@ def _check_output_folder(out: Path, overwrite: bool) -> None:
         raise UserError(f"cannot write the checkpoint to {out}: {parent} is not a writable folder")
 
 
+def training_config(args: argparse.Namespace):
+    from ramer_core.training import TrainingConfig
+
+    return TrainingConfig(epochs=args.epochs, batch_size=args.batch_size, learning_rate=args.lr,
+                          weight_decay=args.weight_decay, warmup_ratio=args.warmup, max_grad_norm=args.max_grad_norm,
+                          seed=args.seed, mixed_precision=args.mixed_precision,
+                          threshold_search=args.threshold_search, patience=args.patience, device=args.device,
+                          sampling=args.sampling)
+
+
+def _run_on_annotations(args: argparse.Namespace) -> int:
+    from pipeline.training.corpus import train_on_corpus
+
+    if args.preset:
+        raise UserError("--preset sets a benchmark's published settings; it does not apply to --annotations")
+    if not 0.0 < args.valid_fraction < 1.0:
+        raise UserError(f"--valid-fraction must be between 0 and 1, got {args.valid_fraction}")
+    return train_on_corpus(args, training_config(args))
+
+
 def run(args: argparse.Namespace) -> int:
     from ramer_core.model import RamerModel
-    from ramer_core.training import TrainingConfig, evaluate, save_trained, train
+    from ramer_core.training import evaluate, save_trained, train
 
     apply_preset(args, getattr(args, "parser_defaults", {}))
     _check_output_folder(args.out, args.overwrite)
+    if getattr(args, "annotations", None) is not None:
+        return _run_on_annotations(args)
     splits = parse_dataset(args.dataset, args.seed)
     if len(splits.valid) == 0:
         raise UserError(f"{splits.train.source}: the validation split is empty; model selection needs one")
-    training = TrainingConfig(epochs=args.epochs, batch_size=args.batch_size, learning_rate=args.lr,
-                              weight_decay=args.weight_decay, warmup_ratio=args.warmup,
-                              max_grad_norm=args.max_grad_norm, seed=args.seed,
-                              mixed_precision=args.mixed_precision, threshold_search=args.threshold_search,
-                              patience=args.patience, device=args.device, sampling=args.sampling)
+    training = training_config(args)
     model = RamerModel(build_config(args, splits))
 
     with progress_bar("training", quiet=args.quiet) as advance:
