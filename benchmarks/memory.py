@@ -3,9 +3,10 @@
     .venv/bin/python benchmarks/memory.py [--minutes 1 10 60] [--stages audio-load vad asr ...]
         [--shared ../shared] [--workdir /tmp/ramer-memory] [--out benchmarks/results/memory.md]
 
-Inputs are `visualvoice_interview.mp4` (17.5 s, 1280x720, two people talking) repeated end to end
-until the length is reached, stream-copied with PyAV (no re-encoding) into `--workdir` (never the
-repository). Every (stage, length) runs in a fresh subprocess, which reports its own peak resident set
+Inputs (`--input`, see benchmarks/long_input.py): `montage` (default), pieces of the shared clips
+re-encoded once to 1280x720 and joined by stream copy in a shuffled order, so faces, voices and sentences
+change at every cut; or `repeat`, `visualvoice_interview.mp4` repeated end to end by stream copy. Both are
+written into `--workdir` (never the repository). Every (stage, length) runs in a fresh subprocess, which reports its own peak resident set
 size (`resource.getrusage(RUSAGE_SELF).ru_maxrss`) after running the stage, so imports, models and the
 stage's own input (the decoded audio for the audio stages) are counted, as they would be in a pipeline
 process. Stages: audio load; VAD; ASR (VAD + faster-whisper tiny.en); diarization (VAD + resemblyzer);
@@ -27,28 +28,21 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from machine import cpu_model  # noqa: E402  (benchmarks/machine.py, beside this script)
 
 STAGES = ("audio-load", "vad", "asr", "diarization", "acoustic", "text", "visual")
 TARGET_GB = 2.5
-CLIP = "visualvoice_interview.mp4"
 SENTENCE = ("And so my fellow Americans, ask not what your country can do for you, "
             "ask what you can do for your country.")
 
 
-def build_input(clip: Path, minutes: float, workdir: Path) -> Path:
-    """``clip`` repeated to ``minutes`` by copying its packets with shifted timestamps (no re-encode)."""
-    from tests.extractors.edited_media import repeat_by_stream_copy, stream_copy_period
+def build_input(media_dir: Path, minutes: float, workdir: Path, kind: str = "montage") -> Path:
+    """The benchmark input of ``minutes`` minutes (benchmarks/long_input.py)."""
+    from long_input import build_long_input
 
-    workdir.mkdir(parents=True, exist_ok=True)
-    path = workdir / f"{clip.stem}_{minutes:g}min.mp4"
-    if path.is_file():
-        return path
-    temporary = path.with_suffix(".part.mp4")
-    repeat_by_stream_copy(clip, int(-(-minutes * 60 // stream_copy_period(clip))), temporary)
-    temporary.rename(path)
-    return path
+    return build_long_input(media_dir, minutes, workdir, kind)
 
 
 def run_stage(stage: str, path: Path) -> dict:
@@ -127,13 +121,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--stages", nargs="+", choices=STAGES, default=list(STAGES))
     parser.add_argument("--shared", type=Path, default=Path(__file__).resolve().parents[2] / "shared")
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/ramer-memory"))
+    parser.add_argument("--input", choices=("montage", "repeat"), default="montage")
     parser.add_argument("--child", nargs=2, metavar=("STAGE", "PATH"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
         return child(args.child[0], Path(args.child[1]))
 
     print(f"Machine: {machine()}")
-    inputs = {m: build_input(args.shared / "media" / CLIP, m, args.workdir) for m in args.minutes}
+    inputs = {m: build_input(args.shared / "media", m, args.workdir, args.input) for m in args.minutes}
     rows: dict[str, dict[float, dict]] = {stage: {} for stage in args.stages}
     for stage in args.stages:
         for minutes, path in inputs.items():
@@ -146,7 +141,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"  {stage} {minutes:g} min: {rows[stage][minutes]}", file=sys.stderr, flush=True)
 
     lengths = list(inputs)
-    print(f"\nPeak RSS (MB) of a fresh process running the stage on `{CLIP}` repeated to each length "
+    print(f"\nPeak RSS (MB) of a fresh process running the stage on the `{args.input}` input of each length "
           f"(target: flat in length, < {TARGET_GB} GB at 60 min); wall seconds in brackets.\n")
     print("| stage | " + " | ".join(f"{m:g} min" for m in lengths) + " | output at the longest |")
     print("|---|" + "---:|" * len(lengths) + "---|")
