@@ -201,7 +201,9 @@ def load_start(args: argparse.Namespace):
                         "use --from scratch for a new model")
     path = None if start == "default" else Path(start)
     scorer = EmotionScorer.load(path)
-    scorer.model.card = dict(scorer.card)
+    # the input preparation stays (the weights read what they were trained on); the default's mark does not
+    config = scorer.model.config
+    config.extra = {k: v for k, v in dict(config.extra).items() if k != "default_model"}
     return scorer, str(DEFAULT_CHECKPOINT if path is None else path), path
 
 
