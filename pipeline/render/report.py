@@ -28,6 +28,7 @@ from typing import Any
 
 from extractors.io import write_atomically
 from pipeline.errors import UserError
+from pipeline.render.colors import emotion_color
 
 log = logging.getLogger(__name__)
 
@@ -38,31 +39,15 @@ OVERLAY_NAME = "overlay.mp4"
 EMBED_LIMIT_BYTES = 40 * 1024 * 1024
 THUMBNAIL_SIDE = 128
 
-# Fixed label colours, shared with the PNG plots so a label looks the same everywhere.
-LABEL_COLORS: dict[str, str] = {
-    "anger": "#d62728",
-    "disgust": "#8c564b",
-    "fear": "#9467bd",
-    "joy": "#f2b701",
-    "neutral": "#7f7f7f",
-    "sadness": "#1f77b4",
-    "surprise": "#17becf",
-}
-# matplotlib's tab10 without the colours taken above, for labels a custom checkpoint may bring.
-_FALLBACK_COLORS = ["#ff7f0e", "#2ca02c", "#e377c2", "#bcbd22", "#aec7e8", "#ffbb78", "#98df8a", "#c5b0d5"]
-
 _VIDEO_TYPES = {".mp4": "video/mp4", ".m4v": "video/mp4", ".webm": "video/webm", ".ogv": "video/ogg",
                 ".mov": "video/quicktime", ".mkv": "video/x-matroska"}
 _PLACEHOLDER = re.compile(r"@@([A-Z_]+)@@")
 
 
 def label_colors(labels: list[str]) -> dict[str, str]:
-    """Each label's colour: the fixed one when it has one, else the next unused fallback (cycling)."""
-    colors: dict[str, str] = {}
-    spare = iter(_FALLBACK_COLORS * (1 + len(labels) // len(_FALLBACK_COLORS)))
-    for label in labels:
-        colors[label] = LABEL_COLORS.get(label.lower()) or next(spare)
-    return colors
+    """Each label's colour from pipeline.render.colors, so a label looks the same here, in the plots and
+    on the overlay."""
+    return {label: emotion_color(label, index) for index, label in enumerate(labels)}
 
 
 @dataclass(frozen=True)
@@ -71,7 +56,7 @@ class PlayerSource:
     kind: str          # "embedded", "linked" or "none"
     src: str
     note: str
-    time_offset: float  # add to a timeline time to get the player's currentTime
+    time_offset: float  # add to a timeline time to get the player's currentTime (the video's start_offset)
 
 
 def write_report(timeline: dict, timeline_path: Path, out_dir: Path, video: Path | None, *,
@@ -102,11 +87,13 @@ def _title(timeline: dict) -> str:
 def _player_source(timeline: dict, out_dir: Path, video: Path | None, embed_limit: int) -> PlayerSource:
     """Prefers the overlay (it shows the boxes and names); embeds small files, links large ones."""
     overlay = out_dir / OVERLAY_NAME
+    # Chromium's currentTime is container time (a first frame at pts 2 s plays at currentTime 2), and the
+    # overlay keeps the source's timestamps: both are the timeline's time plus the video's start offset.
+    offset = float(timeline.get("video", {}).get("start_offset", 0.0) or 0.0)
     if overlay.is_file():
-        chosen, offset, what = overlay, 0.0, "the overlay video"
+        chosen, what = overlay, "the overlay video"
     elif video is not None and Path(video).is_file():
         chosen, what = Path(video), "the source video"
-        offset = float(timeline.get("video", {}).get("start_offset", 0.0) or 0.0)
     else:
         if video is not None:
             log.warning("video %s not found; the report has no player", video)

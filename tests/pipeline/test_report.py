@@ -14,17 +14,20 @@ import os
 import re
 import shutil
 import time
+from fractions import Fraction
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from pipeline.errors import UserError
-from pipeline.render.report import LABEL_COLORS, _script_json, label_colors, write_report
+from pipeline.render.report import _script_json, label_colors, write_report
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 SAMPLE = REPO_ROOT / "samples" / "two_people.mp4"
 SAMPLE_SECONDS = 17.48
 DOCS_IMAGE = REPO_ROOT / "docs" / "images" / "report.png"
+UPDATE_DOCS = os.environ.get("RAMER_UPDATE_DOCS_IMAGES") == "1"  # rewrite DOCS_IMAGE from the real-timeline test
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
@@ -95,10 +98,16 @@ def report(tmp_path: Path, timeline: dict, video: Path | None = SAMPLE, **option
 
 # ---- the file itself ---------------------------------------------------------------------------------------
 
-def test_label_colours_are_the_fixed_ones_and_other_labels_get_distinct_fallbacks():
-    colors = label_colors(LABELS + ["calm", "boredom"])
-    assert {label: colors[label] for label in LABELS} == LABEL_COLORS
-    assert len(set(colors.values())) == len(colors)
+def test_label_colours_are_the_shared_ones(tmp_path):
+    from pipeline.render.colors import emotion_color
+
+    labels = LABELS + ["calm"]
+    assert label_colors(labels) == {label: emotion_color(label, i) for i, label in enumerate(labels)}
+    timeline = handmade_timeline()
+    timeline["model"]["labels"] = labels
+    page = report(tmp_path, timeline).read_text(encoding="utf-8")
+    data = json.loads(page.split('id="timeline-data">', 1)[1].split("</script>", 1)[0])
+    assert data["colors"] == label_colors(labels)
 
 
 def test_embedded_json_cannot_end_its_script_element():
@@ -296,6 +305,31 @@ def test_a_linked_video_plays_from_beside_the_report(browser, tmp_path):
     visit.close()
 
 
+def test_a_video_that_starts_late_is_seeked_in_its_own_time(browser, tmp_path):
+    """Timeline times start at the first frame; the player counts container time (first frame at pts 2 s)."""
+    import av
+
+    clip = tmp_path / "late.mp4"
+    with av.open(str(clip), "w") as container:
+        stream = container.add_stream("libx264", rate=25)
+        stream.width = stream.height = 64
+        stream.pix_fmt = "yuv420p"
+        for i in range(100):
+            frame = av.VideoFrame.from_ndarray(np.full((64, 64, 3), i, np.uint8), format="rgb24")
+            frame.pts, frame.time_base = 50 + i, Fraction(1, 25)
+            container.mux(stream.encode(frame))
+        container.mux(stream.encode())
+    timeline = handmade_timeline(4.0, characters=2, turn=1.0)
+    timeline["video"]["start_offset"] = 2.0
+    visit = Visit(browser, report(tmp_path, timeline, video=clip))
+    visit.wait_for_video()
+    visit.click_lane(0, 0.25)
+    assert visit.video_time() == pytest.approx(2.0 + 1.0, abs=0.05)
+    assert visit.page.inner_text("#clock") == "0:01.0"
+    assert visit.problems == []
+    visit.close()
+
+
 def test_without_a_video_the_lanes_still_work(browser, tmp_path):
     visit = Visit(browser, report(tmp_path, handmade_timeline(), video=None))
     assert visit.page.locator("video").count() == 0
@@ -340,9 +374,12 @@ def real_report(runner, tmp_path_factory):
     from pipeline.timeline import read_timeline
 
     folder = tmp_path_factory.mktemp("report_real")
-    clip = folder / "two_turns.mp4"
-    frames = [frame.image for frame in iter_frames(SAMPLE, None) if frame.t < 8.6]
-    av_clips.write_clip(clip, frames, load_audio(SAMPLE)[: int(8.6 * SAMPLE_RATE)])
+    if UPDATE_DOCS:  # the README's picture shows the whole sample (four turns, a close-up); ~1 min more
+        clip = SAMPLE
+    else:
+        clip = folder / "two_turns.mp4"
+        frames = [frame.image for frame in iter_frames(SAMPLE, None) if frame.t < 8.6]
+        av_clips.write_clip(clip, frames, load_audio(SAMPLE)[: int(8.6 * SAMPLE_RATE)])
     result = runner.run(clip, folder / "run")
     timeline_path = result.timeline_path
     timeline = read_timeline(timeline_path)
@@ -351,7 +388,7 @@ def real_report(runner, tmp_path_factory):
 
 def test_real_timeline_report_in_the_browser(browser, real_report, tmp_path):
     path, timeline = real_report
-    visit = Visit(browser, path, width=1280, height=820)
+    visit = Visit(browser, path, width=1280, height=960)
     page = visit.page
     duration = visit.wait_for_video()
     characters = timeline["characters"]
@@ -374,7 +411,7 @@ def test_real_timeline_report_in_the_browser(browser, real_report, tmp_path):
     png = screenshot_png(page)
     shot.write_bytes(png)
     assert 20_000 < len(png) < 400_000
-    if os.environ.get("RAMER_UPDATE_DOCS_IMAGES") == "1":
+    if UPDATE_DOCS:
         DOCS_IMAGE.parent.mkdir(parents=True, exist_ok=True)
         DOCS_IMAGE.write_bytes(png)
     visit.close()
@@ -386,5 +423,5 @@ def screenshot_png(page) -> bytes:
 
     image = Image.open(io.BytesIO(page.screenshot(full_page=True))).convert("RGB")
     buffer = io.BytesIO()
-    image.quantize(colors=256, method=Image.Quantize.MEDIANCUT).save(buffer, format="PNG", optimize=True)
+    image.quantize(colors=256, method=Image.Quantize.FASTOCTREE).save(buffer, format="PNG", optimize=True)
     return buffer.getvalue()

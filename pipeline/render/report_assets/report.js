@@ -222,11 +222,17 @@
           width: w, height: labelH - (labelH > 3 ? 0.5 : 0), fill: data.colors[labels[i]], "fill-opacity": opacity }));
       });
     }
-    for (const segment of segments) {
-      if (segment.start < view.start || segment.start > end) continue;
+    // Turn starts: full-height lines while they are far enough apart to read, else ticks over the role
+    // strip only (a 22-minute episode has hundreds of turns: full lines would grey the whole lane).
+    const shown = segments.filter((segment) => segment.start >= view.start && segment.start <= end);
+    const full = shown.length === 0 || width / shown.length >= 12;
+    let previous = -Infinity;
+    for (const segment of shown) {
       const at = x(segment.start);
+      if (at - previous < 2) continue;
+      previous = at;
       node.append(svg("line", { class: "turn" + (segment.character === lane.id ? " own" : ""),
-        x1: at, x2: at, y1: 0, y2: laneH }));
+        x1: at, x2: at, y1: 0, y2: full ? laneH : ROLE_H + GAP }));
     }
   }
 
@@ -273,7 +279,7 @@
     now.replaceChildren();
     for (const item of transcript.querySelectorAll("li.current")) item.classList.remove("current");
     if (!segment) {
-      now.append(el("span", { class: "idle" }, "Nobody is speaking at " + clock(current) + "."));
+      now.append(el("span", { class: "idle" }, "Nobody is speaking."));
       return;
     }
     now.append(el("span", { class: "who" }, (segment.character ? nameOf(segment.character) : "(off screen)") + ": "));
@@ -389,6 +395,7 @@
     });
   }
 
+  if (!video) document.body.classList.add("no-player");
   buildHeader();
   buildLegend();
   buildLanes();
