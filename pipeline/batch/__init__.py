@@ -12,6 +12,13 @@
 See ``python -m pipeline batch --help`` and the README's "Batch processing" section.
 """
 
-from pipeline.batch.driver import BatchOptions, BatchReport, run_batch
-
 __all__ = ["BatchOptions", "BatchReport", "run_batch"]
+
+
+def __getattr__(name: str):
+    """The driver loads on first use: worker processes import only the engine and worker modules."""
+    if name in __all__:
+        from pipeline.batch import driver
+
+        return getattr(driver, name)
+    raise AttributeError(name)

@@ -58,6 +58,7 @@ class BatchOptions:
     force: bool = False
     retry_failed: bool = False
     quiet: bool = False
+    runner_factory: str | None = None  # see WorkerSettings.runner_factory (not on the command line)
 
 
 @dataclass
@@ -200,7 +201,7 @@ class BatchRun:
         settings = WorkerSettings(config=o.config.resolve() if o.config else None,
                                   checkpoint=o.checkpoint.resolve() if o.checkpoint else None,
                                   device="cuda" if gpus else o.device, threads=max(1, cores // workers),
-                                  max_attempts=o.retries + 1, force=o.force)
+                                  max_attempts=o.retries + 1, force=o.force, runner_factory=o.runner_factory)
         if o.engine == "ray":
             from pipeline.batch.ray_engine import RayEngine, import_ray
 

@@ -110,15 +110,17 @@ def _csv_rows(path: Path) -> list[tuple[int, dict | str]]:
     rows: list[tuple[int, dict | str]] = []
     try:
         with path.open(newline="", encoding="utf-8-sig") as handle:
-            reader = csv.DictReader(handle)
-            if reader.fieldnames is None or "path" not in [f.strip() for f in reader.fieldnames]:
+            reader = csv.reader(handle)   # not DictReader: it skips blank lines, and line numbers with them
+            header = [name.strip() for name in next(reader, [])]
+            if "path" not in header:
                 raise UserError(f"{path}:1: the header needs a 'path' column (columns: {', '.join(MANIFEST_COLUMNS)})")
             start = reader.line_num + 1
-            for row in reader:
-                if None in row:
-                    rows.append((start, f"more fields than the header has ({len(reader.fieldnames)})"))
-                elif any(v is not None and v.strip() for v in row.values()):
-                    rows.append((start, {k.strip(): (v or "").strip() for k, v in row.items()}))
+            for fields in reader:
+                if len(fields) > len(header):
+                    rows.append((start, f"more fields than the header has ({len(header)})"))
+                elif any(value.strip() for value in fields):
+                    values = [value.strip() for value in fields] + [""] * (len(header) - len(fields))
+                    rows.append((start, dict(zip(header, values, strict=True))))
                 start = reader.line_num + 1
     except (OSError, UnicodeDecodeError, csv.Error) as error:
         raise UserError(f"cannot read the manifest {path}: {error}") from None

@@ -24,7 +24,6 @@ from pathlib import Path
 
 from extractors.io import write_atomically
 from pipeline.errors import UserError
-from pipeline.run import TIMELINE_NAME
 
 log = logging.getLogger(__name__)
 
@@ -83,6 +82,7 @@ def known_sha256(video: Path, stamp: dict | None, stat: FileStat) -> str | None:
 
 def finished_timeline(folder: Path, video: Path, settings: str) -> dict | None:
     """The episode's timeline when it is finished (valid, same video bytes, same settings), else None."""
+    from pipeline.run import TIMELINE_NAME
     from pipeline.stage_cache import file_sha256
     from pipeline.timeline import read_timeline
 

@@ -33,6 +33,9 @@ class WorkerSettings:
     threads: int | None = None       # torch intra-op threads of the worker (None: torch's default)
     max_attempts: int = 3
     force: bool = False
+    # "module:callable" called with these settings, returning a PipelineRunner-like object (its .run as
+    # PipelineRunner.run); None: pipeline_runner. For embedding the batch, and for engine tests.
+    runner_factory: str | None = None
 
 
 @dataclass(frozen=True)
@@ -113,6 +116,29 @@ class _StageTracker:
         return f"after {self.done}" if self.done else "input"
 
 
+def pipeline_runner(settings: WorkerSettings):
+    """The worker's PipelineRunner: its configuration, checkpoint, device and torch threads."""
+    import torch
+
+    from pipeline.config import load_config
+    from pipeline.run import PipelineRunner
+
+    if settings.threads:
+        torch.set_num_threads(settings.threads)
+    runner = PipelineRunner(load_config(settings.config), checkpoint=settings.checkpoint, device=settings.device)
+    log.info("worker %d: runner on %s, %d torch threads", os.getpid(), runner.device, torch.get_num_threads())
+    return runner
+
+
+def _factory(spec: str | None):
+    if spec is None:
+        return pipeline_runner
+    import importlib
+
+    module, _, name = spec.partition(":")
+    return getattr(importlib.import_module(module), name)
+
+
 class EpisodeWorker:
     def __init__(self, settings: WorkerSettings):
         self.settings = settings
@@ -120,17 +146,7 @@ class EpisodeWorker:
 
     def runner(self):
         if self._runner is None:
-            import torch
-
-            from pipeline.config import load_config
-            from pipeline.run import PipelineRunner
-
-            if self.settings.threads:
-                torch.set_num_threads(self.settings.threads)
-            self._runner = PipelineRunner(load_config(self.settings.config), checkpoint=self.settings.checkpoint,
-                                          device=self.settings.device)
-            log.info("worker %d: runner on %s, %d torch threads", os.getpid(), self._runner.device,
-                     torch.get_num_threads())
+            self._runner = _factory(self.settings.runner_factory)(self.settings)
         return self._runner
 
     def process(self, job: EpisodeJob) -> EpisodeOutcome:
