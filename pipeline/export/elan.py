@@ -28,7 +28,8 @@ def build_eaf(timeline: dict, path: Path, timeline_path: Path | None = None):
     from pympi import Elan
 
     eaf = Elan.Eaf(author="ramer-timelines")
-    eaf.remove_tier("default")
+    eaf.remove_tier("default")  # pympi's placeholders
+    eaf.remove_linguistic_type("default-lt")
     eaf.add_linguistic_type(SPEECH)
     eaf.add_linguistic_type(MOMENT)
     for kind in (EMOTION, CONFIDENCE):

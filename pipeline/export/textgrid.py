@@ -2,7 +2,8 @@
 
 Praat has no tier dependencies, so ``Name role``, ``Name emotion`` and ``Name confidence`` are plain
 interval tiers over the same moments; the gaps between intervals are written as empty intervals (Praat
-wants a tier to cover the whole time), which is why a moment without labels says ``-``.
+wants a tier to cover the whole time), which is why a moment without labels says ``-``. Labels lose
+surrounding whitespace (praatio strips them; ASR text often starts with a space).
 """
 
 from __future__ import annotations
@@ -25,7 +26,8 @@ def build_textgrid(timeline: dict):
 
     for tiers in speaker_tiers(timeline):
         for lane, intervals in enumerate(tiers.speech):
-            add(tiers.speech_tier(lane), [(i.start_ms / 1000, i.end_ms / 1000, i.value) for i in intervals])
+            # praatio strips labels when it saves; stripping here says so
+            add(tiers.speech_tier(lane), [(i.start_ms / 1000, i.end_ms / 1000, i.value.strip()) for i in intervals])
         for kind in ("role", "emotion", "confidence"):
             for lane, moments in enumerate(tiers.moments):
                 add(tiers.moment_tier(kind, lane),
