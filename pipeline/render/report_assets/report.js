@@ -96,7 +96,11 @@
   function buildHeader() {
     const meta = [clock(duration) + " long", characters.length + " character" + (characters.length === 1 ? "" : "s"),
       segments.length + " transcript segment" + (segments.length === 1 ? "" : "s"), "labels: " + labels.join(", ")];
-    if (data.threshold !== null && data.threshold !== undefined) meta.push("threshold " + data.threshold);
+    if (data.thresholds) {
+      meta.push("per-label thresholds (in the tooltips)");
+    } else if (typeof data.threshold === "number") {
+      meta.push("threshold " + data.threshold);
+    }
     $("meta").textContent = meta.join(" · ");
     const foot = ["Drawn from " + data.timeline_file + " (the full data: faces, words, provenance)."];
     if (data.version) foot.push("ramer-timelines " + data.version + (data.created ? ", analysed " + data.created : "") + ".");
@@ -337,6 +341,8 @@
         const row = el("tr", entry.labels.includes(label) ? { class: "on" } : {});
         row.append(el("td", {}, (entry.labels.includes(label) ? "✓ " : "") + label));
         row.append(el("td", {}, p.toFixed(2)));
+        const limit = data.thresholds && typeof data.thresholds[label] === "number" ? data.thresholds[label] : data.threshold;
+        row.append(el("td", { class: "limit" }, typeof limit === "number" ? "≥ " + limit.toFixed(2) : ""));
         const cell = el("td", { class: "bar" });
         const fill = el("span");
         fill.style.width = Math.round(100 * Math.min(p, 1)) + "%";
