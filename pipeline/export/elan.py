@@ -35,7 +35,9 @@ def build_eaf(timeline: dict, path: Path, timeline_path: Path | None = None):
     for kind in (EMOTION, CONFIDENCE):
         eaf.add_linguistic_type(kind, constraints="Symbolic_Association", timealignable=False)
     media = media_path(timeline, timeline_path)
-    eaf.add_linked_file(media.as_uri(), relpath=relative_url(media, path.parent), mimetype=_mime_type(media))
+    # ELAN's own files write the path as is after file:// (no percent-encoding), relative ones after ./
+    eaf.add_linked_file(f"file://{media.as_posix()}", relpath=relative_url(media, path.parent),
+                        mimetype=_mime_type(media))
     for tiers in speaker_tiers(timeline):
         for lane, intervals in enumerate(tiers.speech):
             tier = tiers.speech_tier(lane)
