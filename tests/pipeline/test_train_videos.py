@@ -23,7 +23,7 @@ from pipeline.cli import main
 from pipeline.scoring import DEFAULT_CHECKPOINT, EmotionScorer
 from pipeline.training import corpus as corpus_module
 from pipeline.training.annotations import LabelMap, SpanMode, VideoRule, parse_time, read_annotations
-from pipeline.training.features import choose_speaker
+from pipeline.training.features import FeatureCache, choose_speaker
 
 LABELS = ("anger", "disgust", "fear", "joy", "neutral", "sadness", "surprise")
 HEADER = "Sr No.,Utterance,Speaker,Emotion,Sentiment,Dialogue_ID,Utterance_ID,Season,Episode,StartTime,EndTime,Video"
@@ -33,12 +33,12 @@ GOOD_ROWS = [  # (utterance, speaker, emotion, dialogue, utterance id, start, en
     ("", "Ann", "joy;surprise", 0, 2, "4.0", "6.0", "retalking_face1.mp4"),
     ("", "Bob", "sadness", 1, 0, '"00:00:00,000"', '"00:00:01,600"', "retalking_face2.mp4"),
     ("", "Bob", "sad", 1, 1, '"00:00:01,600"', '"00:00:03,300"', "retalking_face2.mp4"),
-    ('"where I chase\nmy own dreams"', "Bob", "sadness", 1, 2, "3.3", "4.9", "retalking_face2.mp4"),  # two lines
+    ("where I chase my own dreams", "Bob", "sadness", 1, 2, "3.3", "4.9", "retalking_face2.mp4"),  # transcript
 ]
-BAD_ROWS = [  # the CSV line each lands on (the header is line 1; the quoted transcript above spans two)
-    (9, ("", "Cy", "joy", 2, 0, "0.0", "2.0", "not_there.mp4"), "video file not found"),
-    (10, ("", "Ann", "joy", 0, 3, "3.0", "2.0", "retalking_face1.mp4"), "is not after StartTime"),
-    (11, ("", "Ann", "bored", 0, 4, "1.0", "2.0", "retalking_face1.mp4"), "unknown emotion label 'bored'"),
+BAD_ROWS = [  # the CSV line each starts on (the header is line 1; the quoted transcript of 'bored' spans two)
+    (8, ("", "Cy", "joy", 2, 0, "0.0", "2.0", "not_there.mp4"), "video file not found"),
+    (9, ("", "Ann", "joy", 0, 3, "3.0", "2.0", "retalking_face1.mp4"), "is not after StartTime"),
+    (10, ('"so,\nbored"', "Ann", "bored", 0, 4, "1.0", "2.0", "retalking_face1.mp4"), "unknown emotion label 'bored'"),
     (12, ("", "Ann", "joy", 0, 5, '"00:0x:01,000"', "2.0", "retalking_face1.mp4"), "StartTime '00:0x:01,000'"),
 ]
 FAST = ["--epochs", "2", "--lr", "1e-3", "--seed", "3"]
@@ -102,6 +102,10 @@ def test_bad_rows_are_reported_by_line_and_skipped(setup):
     assert data["modalities_present"] == {"text": 6, "visual": 6, "acoustic": 6}   # all three for every row
     assert "user's labelled videos" in data["corpus"]
     assert card["features"] == {"cached": 0, "extracted": 6, "videos_analysed": 2}
+    assert sum(data["speaker_chosen_by"].values()) == 6
+    assert set(data["speaker_chosen_by"]) <= {"active speaker", "only face on screen"}   # one face per clip
+    sources = [json.loads(p.read_text())["text_source"] for p in (setup["features"] / "rows").glob("*/*.json")]
+    assert sorted(sources) == ["Utterance column"] + ["speech recogniser"] * 5
     assert card["trained_modalities"] == ["text", "visual", "acoustic"]
     assert "non-commercial" in card["intended_use"]   # the default checkpoint's licence terms carry over
 
@@ -179,9 +183,10 @@ def test_rerun_reads_the_feature_cache_and_trains_from_scratch(setup, tmp_path):
 
 def test_trained_checkpoint_runs_in_the_pipeline(setup, media_dir, tmp_path):
     """`pipeline run --checkpoint` scores with it (the analysis reused from the corpus's stage cache)."""
+    from pipeline.stage_cache import file_sha256
+
     video = media_dir / "retalking_face1.mp4"
-    analysed = next(p for p in (setup["features"] / "videos").iterdir()
-                    if json.loads((p / "timeline.json").read_text())["video"]["path"] == str(video))
+    analysed = FeatureCache(setup["features"]).video_folder(file_sha256(video))
     out = tmp_path / "run"
     shutil.copytree(analysed / ".stages", out / ".stages")
     assert main(["-q", "run", str(video), "-o", str(out), "--checkpoint", str(setup["checkpoint"]), "--device",
@@ -201,6 +206,30 @@ def test_evaluate_prints_the_metrics_table(setup, tmp_path, capsys):
     assert "| overall | 6 |" in printed and "micro_f1" in printed
     metrics = json.loads(report.read_text())
     assert 0.0 <= metrics["overall"]["micro_f1"] <= 1.0
+
+
+def test_meld_clips_by_their_file_name_rule_are_whole_utterances(setup, tmp_path, capsys):
+    """MELD's layout as released: dia{D}_utt{U}.mp4 clips, each the whole utterance (episode times only
+    checked), transcripts in the Utterance column. The clips' analyses come from the corpus's stage cache."""
+    videos = tmp_path / "clips"
+    videos.mkdir()
+    (videos / "dia7_utt0.mp4").symlink_to(setup["media"] / "retalking_face1.mp4")
+    (videos / "dia7_utt1.mp4").symlink_to(setup["media"] / "retalking_face2.mp4")
+    meld = tmp_path / "meld.csv"
+    meld.write_text(
+        "Sr No.,Utterance,Speaker,Emotion,Sentiment,Dialogue_ID,Utterance_ID,Season,Episode,StartTime,EndTime\n"
+        '1,"My biggest weakness, asking for help.",Ann,joy,positive,7,0,8,21,"00:16:16,059","00:16:21,731"\n'
+        "2,In the heart of my district.,Bob,sadness,negative,7,1,8,21,\"00:16:21,940\",\"00:16:26,442\"\n",
+        encoding="utf-8")
+    calls = len(setup["calls"])
+    assert main(["-q", "evaluate", "--checkpoint", str(setup["checkpoint"]), "--annotations", str(meld),
+                 "--videos", str(videos), "--features", str(setup["features"])]) == 0
+    assert "| overall | 2 |" in capsys.readouterr().out
+    assert len(setup["calls"]) == calls + 1   # new rows (whole files, own transcripts): extracted
+    metas = [json.loads(p.read_text()) for p in (setup["features"] / "rows").glob("*/*.json")]
+    whole = [m for m in metas if m["row"] in ("dia7_utt0", "dia7_utt1")]
+    assert sorted(m["span"][1] for m in whole) == pytest.approx([5.0, 6.1], abs=0.05)   # the clips' durations
+    assert {m["text_source"] for m in whole} == {"Utterance column"}
 
 
 # ------------------------------------------------------------------------------------ no models needed
