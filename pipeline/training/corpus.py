@@ -7,6 +7,12 @@ row's features (:mod:`pipeline.training.features`); prepare them as the checkpoi
 samples the way the pipeline scores a speaker (:func:`pipeline.scoring.moment_sample`); then train with
 ``ramer_core.training`` (the trainer ``train --dataset`` uses) or evaluate.
 
+Bad rows found by reading the CSV (missing file, unreadable or reversed times, unknown label, empty
+speaker, a span past the video's end) stop a ``reject`` run before any model loads. Rows found unusable
+while extracting (no face in the span, or several faces and the speech attributed to none) are settled
+the same way once extraction is done: ``reject`` then writes no checkpoint, though the feature cache keeps
+what was extracted (it is a cache: a later run reuses it).
+
 Starting points: ``--from default`` fine-tunes the packaged default checkpoint (same sizes, labels and
 input preparation, including its constant visual columns), ``--from DIR`` another checkpoint, and
 ``--from scratch`` a new RAMer (``--hidden-size`` etc., or ``--baseline late-fusion``) on the same labels,
@@ -84,10 +90,19 @@ def add_corpus_arguments(parser: argparse.ArgumentParser) -> None:
 # ------------------------------------------------------------------------------------------ rows
 
 
-def read_corpus(args: argparse.Namespace, label_names: tuple[str, ...]) -> Annotations:
-    """The checked rows; the unusable ones are reported, and with ``--on-bad-rows reject`` refused."""
+def check_corpus_paths(args: argparse.Namespace) -> None:
+    """The CSV and the video folder exist (checked before any model loads)."""
     if args.videos is None:
         raise UserError("--annotations needs --videos DIR (the folder of the rows' video files)")
+    if not Path(args.annotations).is_file():
+        raise UserError(f"annotations file not found: {args.annotations}")
+    if not Path(args.videos).is_dir():
+        raise UserError(f"--videos {args.videos} is not a folder")
+
+
+def read_corpus(args: argparse.Namespace, label_names: tuple[str, ...]) -> Annotations:
+    """The checked rows; the unusable ones are reported, and with ``--on-bad-rows reject`` refused."""
+    check_corpus_paths(args)
     rule = VideoRule(folder=args.videos, column=args.video_column, pattern=args.video_pattern or MELD_PATTERN,
                      span=SpanMode(args.span))
     annotations = read_annotations(args.annotations, LabelMap.from_arguments(label_names, args.labels), rule)
@@ -277,6 +292,7 @@ def train_on_corpus(args: argparse.Namespace, training) -> int:
     """``train --annotations``: rows -> features -> RAMer trained from ``--from`` -> ``--out`` (atomically)."""
     from ramer_core.training import train
 
+    check_corpus_paths(args)
     scorer, start, feature_checkpoint = load_start(args)
     base_card = dict(scorer.card) if start != "scratch" else {}
     annotations = read_corpus(args, tuple(scorer.labels))
@@ -308,6 +324,7 @@ def evaluate_on_corpus(args: argparse.Namespace) -> dict:
     from pipeline.scoring import EmotionScorer
     from ramer_core.training import evaluate, pick_device
 
+    check_corpus_paths(args)
     device = pick_device(args.device)
     scorer = EmotionScorer.load(args.checkpoint, device=str(device))
     annotations = read_corpus(args, tuple(scorer.labels))
