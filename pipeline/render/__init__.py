@@ -89,8 +89,7 @@ def render(timeline_path: Path, out_dir: Path | None = None, video: Path | None 
 
     timeline_path = Path(timeline_path)
     timeline = read_timeline(timeline_path)
-    out_dir = prepare_output(Path(out_dir) if out_dir is not None else timeline_path.parent)
-    result = RenderResult(out_dir)
+    result = RenderResult(Path(out_dir) if out_dir is not None else timeline_path.parent)
     needs_video = overlay or report
     source = locate_video(timeline, timeline_path, video) if needs_video else None
     if source is not None:
@@ -108,6 +107,7 @@ def render(timeline_path: Path, out_dir: Path | None = None, video: Path | None 
         log.warning("%s", warning)
         result.warnings.append(warning)
     result.video = source
+    out_dir = prepare_output(result.out_dir)   # after the checks: a refused render leaves no folder behind
 
     from pipeline.render.plots import write_plots
 
