@@ -73,6 +73,7 @@ class EpisodeState:
     attempts: int = 0
     stage: str | None = None
     error: str | None = None
+    worker: int | None = None          # pid of the process that ran it (the benchmark groups by worker)
 
     def to_dict(self, out: Path) -> dict:
         e = self.episode
@@ -82,7 +83,7 @@ class EpisodeState:
                 "timeline": str(timeline.relative_to(out)) if self.status in OK_STATUSES else None,
                 "status": self.status, "duration": self.duration, "characters": self.characters,
                 "seconds": None if self.seconds is None else round(self.seconds, 3), "attempts": self.attempts,
-                "stage": self.stage, "error": self.error}
+                "stage": self.stage, "error": self.error, "worker": self.worker}
 
 
 @dataclass
@@ -226,7 +227,7 @@ class BatchRun:
         state.attempts = outcome.attempts
         if not outcome.final:
             return True
-        state.seconds = outcome.seconds
+        state.seconds, state.worker = outcome.seconds, outcome.worker
         if outcome.ok:
             state.status, state.duration, state.characters = DONE, outcome.duration, outcome.characters
             state.stage = state.error = None
