@@ -213,15 +213,16 @@ def timeline_figure(timeline: dict, base_dir: Path | None = None) -> TimelinePlo
         figure.text((LEFT - 0.1) / width, y_mid, f"speaks {character['speaking_time']:.0f} s\n"
                     f"on screen {character['screen_time']:.0f} s", ha="right", va="top", fontsize=7,
                     color="#444444")
-        ax.add_patch(_swatch(ax, color))
+        ax.add_patch(_swatch(ax, color, 0.07 / axis_w))
     return TimelinePlot(figure, lanes, turns)
 
 
-def _swatch(ax: Axes, color: str):
-    """A bar of the character's colour down the lane's left edge, tying it to their overlay box colour."""
+def _swatch(ax: Axes, color: str, width: float):
+    """A bar of the character's colour down the lane's left edge (``width`` in axes fractions), tying the
+    lane to the character's box colour in the overlay."""
     from matplotlib.patches import Rectangle
 
-    return Rectangle((-0.006, 0), 0.006, 1, transform=ax.transAxes, color=color, clip_on=False)
+    return Rectangle((-width, 0), width, 1, transform=ax.transAxes, color=color, clip_on=False)
 
 
 def _thumbnail_path(character: dict, base_dir: Path | None) -> Path | None:
