@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import platform
 import shutil
@@ -40,6 +41,8 @@ from machine import cpu_model, write_table  # noqa: E402  (benchmarks/machine.py
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLE_S = 0.5
+
+log = logging.getLogger("batch_throughput")
 
 
 # ------------------------------------------------------------------------------------------ memory
@@ -196,13 +199,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/ramer-batch"))
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "batch_throughput.md")
     args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
 
     corpus = build_corpus(args.shared, args.workdir, args.episodes, args.minutes)
     load_start = os.getloadavg()[0]
     results = []
     for config in args.configs:
         engine, _, workers = config.partition(":")
-        print(f"running {engine} with {workers} worker(s) ...", file=sys.stderr, flush=True)
+        log.info("running %s with %s worker(s) ...", engine, workers)
         results.append(run_config(corpus, args.workdir / f"out_{engine}_{workers}", engine, int(workers),
                                   args.device))
     load_end = os.getloadavg()[0]
