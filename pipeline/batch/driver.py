@@ -149,12 +149,12 @@ class BatchRun:
 
         o = self.options
         config = load_config(o.config).model_dump(mode="json")
-        check_output(self.out)
         episodes = read_input(o.input, o.cast.resolve() if o.cast else None, exclude=self.out)
         cast_digests: dict[Path, str] = {}
         for cast in {e.cast for e in episodes if e.cast is not None}:
             read_cast_file(cast)   # a bad cast file is bad input: refused before anything runs
             cast_digests[cast] = file_sha256(cast)
+        check_output(self.out)     # only now: refused input leaves no OUT behind
         checkpoint = str(o.checkpoint.resolve()) if o.checkpoint else None
         states = []
         for episode in episodes:
