@@ -39,7 +39,7 @@ exit status:
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "batch", help="timelines for a folder or manifest of episodes, resumable, local or on Ray",
-        description="Run the pipeline on every episode of a corpus (a process pool here, or Ray), skip what is "
+        description="Run the pipeline on every episode of a corpus (a process pool here, or Ray), skip what is\n"
                     "finished, record failures and go on, then match characters across each show's episodes.",
         epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("input", type=Path, metavar="INPUT", help="a folder of videos or a .csv/.jsonl manifest")
