@@ -9,8 +9,6 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-import torch
-
 
 def write_atomically(path: str | os.PathLike, write: Callable[[Path], None]) -> Path:
     """Calls ``write(temporary_path)`` and renames the result onto ``path``.
@@ -55,6 +53,8 @@ def torch_threads(count: int | None) -> Iterator[None]:
     one thread avoids the synchronisation cost, which on a busy 2-core machine made a 3-layer
     LSTM over 86 windows take 4.3 s with two threads against 0.19 s with one.
     """
+    import torch  # here, so the file helpers do not load torch (commands that only read JSON start fast)
+
     previous = torch.get_num_threads()
     if count is not None:
         torch.set_num_threads(count)

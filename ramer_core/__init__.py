@@ -1,26 +1,32 @@
-"""RAMer core: pure PyTorch multi-modal multi-label emotion recognition robust to missing modalities."""
+"""RAMer core: pure PyTorch multi-modal multi-label emotion recognition robust to missing modalities.
 
-from ramer_core.batch import MODALITIES, RamerBatch
-from ramer_core.checkpoint import from_pretrained, save_pretrained
-from ramer_core.config import ABLATIONS, RamerConfig
-from ramer_core.errors import RamerInputError
-from ramer_core.losses import orthogonality_loss, reverse_gradient, supervised_contrastive_loss
-from ramer_core.model import RamerLoss, RamerModel, RamerOutput
-from ramer_core.shuffle import stack_shuffle
+The names below load on first use (PEP 562), so importing a light module such as ``ramer_core.errors``
+does not import torch.
+"""
 
-__all__ = [
-    "ABLATIONS",
-    "MODALITIES",
-    "RamerBatch",
-    "RamerConfig",
-    "RamerInputError",
-    "RamerLoss",
-    "RamerModel",
-    "RamerOutput",
-    "from_pretrained",
-    "orthogonality_loss",
-    "reverse_gradient",
-    "save_pretrained",
-    "stack_shuffle",
-    "supervised_contrastive_loss",
-]
+from __future__ import annotations
+
+import importlib
+
+_EXPORTS = {
+    "MODALITIES": "batch", "RamerBatch": "batch",
+    "from_pretrained": "checkpoint", "save_pretrained": "checkpoint",
+    "ABLATIONS": "config", "RamerConfig": "config",
+    "RamerInputError": "errors",
+    "orthogonality_loss": "losses", "reverse_gradient": "losses", "supervised_contrastive_loss": "losses",
+    "RamerLoss": "model", "RamerModel": "model", "RamerOutput": "model",
+    "stack_shuffle": "shuffle",
+}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'ramer_core' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"ramer_core.{_EXPORTS[name]}"), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_EXPORTS))

@@ -11,10 +11,13 @@ import platform
 import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from extractors.errors import ModelNotFoundError
 from extractors.model_store import get_spec, model_specs, package_version
-from pipeline.config import PipelineConfig, load_config
+
+if TYPE_CHECKING:  # the configuration imports every stage (and torch): loaded when doctor runs
+    from pipeline.config import PipelineConfig
 
 log = logging.getLogger(__name__)
 
@@ -98,6 +101,8 @@ def _check_model(config: PipelineConfig, name: str, required: bool) -> Check:
 
 
 def run_checks(config: PipelineConfig | None = None) -> list[Check]:
+    from pipeline.config import PipelineConfig
+
     config = config or PipelineConfig()
     checks = [_check_backend(*backend) for backend in BACKENDS]
     checks.append(_check_cuda())
@@ -122,6 +127,8 @@ def _print_table(checks: list[Check]) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from pipeline.config import load_config
+
     checks = run_checks(load_config(args.config))
     if args.json:
         json.dump([asdict(c) for c in checks], sys.stdout, indent=2)

@@ -8,8 +8,6 @@ import sys
 from contextlib import ExitStack
 from pathlib import Path
 
-from pipeline.config import load_config
-
 log = logging.getLogger(__name__)
 
 EPILOG = """\
@@ -64,6 +62,8 @@ def run(args: argparse.Namespace) -> int:
 
     formats = parse_formats(args.export) if args.export else []  # an unknown format fails before any work
     check_input(args.video, args.strict)  # refuse bad input before any model loads
+    from pipeline.config import load_config
+
     config = load_config(args.config)
     quiet = bool(getattr(args, "quiet", False))
     runner = PipelineRunner(config, checkpoint=args.checkpoint, device=args.device)
