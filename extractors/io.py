@@ -1,4 +1,4 @@
-"""Small helpers shared by the stages: atomic file writes and scoped torch thread counts."""
+"""Small helpers shared by the stages: atomic file writes, scoped torch thread counts, heap settings."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import stat
 import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from functools import lru_cache
 from pathlib import Path
 
 
@@ -62,3 +63,27 @@ def torch_threads(count: int | None) -> Iterator[None]:
         yield
     finally:
         torch.set_num_threads(previous)
+
+
+def return_freed_memory() -> None:
+    """Hands the C heap's free pages back to the system (glibc ``malloc_trim``; nothing elsewhere).
+
+    Over a long pass the variable-size tensors of MTCNN (pyramids, crop batches) fragment glibc's heap and
+    the freed memory stays resident: the detector alone grew from 293 to 713 MB over 3 minutes of video,
+    376 MB when trimmed after each batch, at no cost in time (measured; a fixed mmap threshold kept it at
+    402 MB but made the visual pass 1.4x slower). Called between batches and stages.
+    """
+    trim = _malloc_trim()
+    if trim is not None:
+        trim(0)
+
+
+@lru_cache(maxsize=1)
+def _malloc_trim():
+    import ctypes
+    import ctypes.util
+
+    try:
+        return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim
+    except (OSError, AttributeError):  # not glibc
+        return None

@@ -39,7 +39,7 @@ from extractors.expression import EXPRESSION_LABELS, ExpressionClassifier, fer_f
 from extractors.face_mesh import MESH_GEOMETRY_NAMES, FaceMesh, mesh_geometry
 from extractors.faces import FaceDetector, FaceDetectorConfig
 from extractors.identity import TrackChips, build_characters, load_cast, load_face_embedder
-from extractors.io import torch_threads
+from extractors.io import return_freed_memory, torch_threads
 from extractors.media import DEFAULT_ANALYSIS_FPS, iter_frames, probe
 from extractors.shots import Shot, ShotDetector, ShotDetectorConfig
 from extractors.tracking import ClosedTracks, FaceTracker, TrackerConfig
@@ -107,6 +107,10 @@ class VisualConfig:
     max_batch_pixels: int = 8 * 1920 * 1080     # frames held for one detector call: 8 at 1080p, 2 at 4K
     torch_threads: int | None = None            # set torch's CPU threads during a pass (None: leave as is);
                                                 # 1 is far faster than 2 when other jobs share 2 cores
+    # Freed heap pages go back to the system every this many detector batches (0: never). MTCNN's variable-size
+    # tensors fragment glibc's heap; on 10 minutes of video (2 cores) the pass peaked at 1447 MB / 308 s
+    # without, 1413 MB / 321 s every 16 batches, 1088 MB / 373 s after every batch (and 846 MB at 1 minute).
+    trim_heap_every: int = 1
 
 
 STAGES = ("decode", "shots", "detection", "tracking", "embedding", "expression", "mesh", "clustering")
@@ -235,9 +239,14 @@ class VisualExtractor:
             chips.close([t.id for t in closed.kept])
             seconds["embedding"] += time.perf_counter() - started
 
+        batches_done = [0]
+
         def process(batch) -> None:
             started = time.perf_counter()
             detections = self.detector.detect([f.image for f in batch], [f.t for f in batch])
+            batches_done[0] += 1
+            if cfg.trim_heap_every and batches_done[0] % cfg.trim_heap_every == 0:  # see VisualConfig
+                return_freed_memory()
             seconds["detection"] += time.perf_counter() - started
             for frame, found in zip(batch, detections, strict=True):
                 started = time.perf_counter()

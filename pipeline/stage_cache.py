@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from extractors.io import write_atomically
+from extractors.io import return_freed_memory, write_atomically
 
 log = logging.getLogger(__name__)
 
@@ -115,6 +115,7 @@ class StageCache:
             result = stored
         else:
             data, arrays = compute()
+            return_freed_memory()  # what the stage freed leaves the process before the next stage grows
             self.store(stage, key, data, arrays)
             record = StageRecord(time.perf_counter() - started, False, key)
             log.info("%s: %.1f s", stage, record.seconds)

@@ -21,6 +21,14 @@ def runner():
 
 
 @pytest.fixture(scope="session")
+def interview_run(runner, media_dir, tmp_path_factory):
+    """(RunResult, output folder) of one pipeline run on visualvoice_interview.mp4, shared by the run and
+    render tests (read it, never change it)."""
+    out = tmp_path_factory.mktemp("interview")
+    return runner.run(media_dir / "visualvoice_interview.mp4", out), out
+
+
+@pytest.fixture(scope="session")
 def clips_dir(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("clips")
 

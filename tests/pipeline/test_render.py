@@ -1,7 +1,7 @@
 """``pipeline render``: the overlay video, the lane plots and the refusals, on a real pipeline run.
 
-The pipeline runs once (module fixture) on the first 5 s of the interview clip; the render of its
-timeline is checked frame by frame against the source: same frames at the same times, the audio kept, and
+The interview clip's timeline (the session's pipeline run, tests/pipeline/conftest.py) is rendered once; its
+render is checked frame by frame against the source: same frames at the same times, the audio kept, and
 each character's box colour on the outline of its detections (and not there in the source picture).
 """
 
@@ -23,19 +23,11 @@ from pipeline.render.plots import DPI, emotion_mix, figure_width, timeline_figur
 from pipeline.render.scene import Scene, TrackBoxes
 from tests.conftest import REPO_ROOT
 
-CLIP_SECONDS = 5.0
-
 
 @pytest.fixture(scope="module")
-def interview(runner, media_dir, tmp_path_factory) -> Path:
-    """timeline.json of a pipeline run on the interview's first 5 s (re-encoded with PyAV)."""
-    import av_clips
-
-    folder = tmp_path_factory.mktemp("render_interview")
-    source = media_dir / "visualvoice_interview.mp4"
-    frames = [frame.image for frame in iter_frames(source, None, end=CLIP_SECONDS)]
-    clip = av_clips.write_clip(folder / "interview5s.mp4", frames, load_audio(source)[: int(CLIP_SECONDS * 16000)])
-    return runner.run(clip, folder / "run").timeline_path
+def interview(interview_run) -> Path:
+    """timeline.json of the pipeline run on visualvoice_interview.mp4 (17.5 s, 1280x720, 25 fps)."""
+    return interview_run[1] / "timeline.json"
 
 
 @pytest.fixture(scope="module")
@@ -68,7 +60,7 @@ def _source_video(timeline_path: Path) -> Path:
 def test_overlay_has_the_sources_frames_duration_and_audio(interview, rendered):
     source, overlay = _source_video(interview), rendered / "overlay.mp4"
     ours, theirs = _video_frames(overlay), _video_frames(source)
-    assert len(ours) == len(theirs) == int(CLIP_SECONDS * 25)
+    assert len(ours) == len(theirs) == 438  # 17.52 s at 25 fps
     assert [t for _, t in ours] == pytest.approx([t for _, t in theirs], abs=1e-4)
     assert _stream_duration(overlay) == pytest.approx(_stream_duration(source), abs=1e-3)
     with av.open(str(overlay)) as container:

@@ -14,12 +14,6 @@ from pipeline.timeline import SCHEMA_PATH
 STAGES = {"visual", "vad", "asr", "diarization", "speaking", "acoustic", "text", "scoring"}
 
 
-@pytest.fixture(scope="module")
-def interview_run(runner, media_dir, tmp_path_factory):
-    out = tmp_path_factory.mktemp("interview")
-    return runner.run(media_dir / "visualvoice_interview.mp4", out), out
-
-
 def check_document(document: dict) -> None:
     jsonschema.validate(document, json.loads(SCHEMA_PATH.read_text()))
     ids = {c["id"] for c in document["characters"]}
