@@ -35,8 +35,8 @@ log = logging.getLogger(__name__)
 
 def add_dataset_argument(parser: argparse.ArgumentParser) -> None:
     """``--dataset KIND [PATH]`` or ``--annotations FILE.csv`` (with the corpus options): one is required."""
-    from pipeline.training.corpus import add_corpus_arguments
-    from ramer_core.datasets import DATASET_KINDS
+    from pipeline.training.annotations import add_corpus_arguments
+    from ramer_core.dataset_kinds import DATASET_KINDS
 
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--dataset", nargs="+", metavar="KIND [PATH]",

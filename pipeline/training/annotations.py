@@ -19,6 +19,7 @@ exception: the caller decides whether to skip it or reject the corpus.
 
 from __future__ import annotations
 
+import argparse
 import csv
 import logging
 import math
@@ -373,3 +374,29 @@ def describe_bad_rows(annotations: Annotations, limit: int = 10) -> str:
     shown = "; ".join(str(b) for b in annotations.bad[:limit])
     more = f"; and {len(annotations.bad) - limit} more" if len(annotations.bad) > limit else ""
     return f"{annotations.path}: {len(annotations.bad)} of {annotations.total} rows unusable ({shown}{more})"
+
+
+def add_corpus_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options shared by ``train`` and ``evaluate`` on a labelled corpus (``--annotations`` itself is
+    added by the command, beside ``--dataset``)."""
+    corpus = parser.add_argument_group("labelled videos (with --annotations)")
+    corpus.add_argument("--videos", type=Path, metavar="DIR", help="folder the rows' video files are in")
+    where = corpus.add_mutually_exclusive_group()
+    where.add_argument("--video-column", metavar="COL", help="column holding each row's video file (relative to "
+                                                             "--videos, or absolute)")
+    where.add_argument("--video-pattern", metavar="PATTERN", default=None,
+                       help=f"file name rule over the columns (default MELD's {MELD_PATTERN})")
+    corpus.add_argument("--span", choices=[m.value for m in SpanMode], default=SpanMode.AUTO.value,
+                        help="video: StartTime/EndTime are seconds in the file; whole-file: each file is the "
+                             "utterance (MELD's clips, whose times are the episode's); auto (default): whole-file "
+                             "with a file name rule, video with --video-column")
+    corpus.add_argument("--on-bad-rows", choices=("skip", "reject"), default="skip",
+                        help="skip (default) the rows that cannot be used, or reject the run (exit 2, nothing written)")
+    corpus.add_argument("--labels", nargs="+", metavar="NAME=LABEL", default=None,
+                        help="extra label words, e.g. excited=joy frustrated=anger (happy, sad, angry, ... are known)")
+    corpus.add_argument("--features", type=Path, metavar="DIR", default=None,
+                        help="feature cache (default $RAMER_CACHE_DIR or ~/.cache/ramer-timelines, corpus-features/)")
+    corpus.add_argument("--config", type=Path, metavar="FILE", help="pipeline configuration (as for `pipeline run`)")
+
+
+# ------------------------------------------------------------------------------------------ rows

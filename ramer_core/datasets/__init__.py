@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from ramer_core.dataset_kinds import DATASET_KINDS  # noqa: E402  (light module: the CLI lists them)
 from ramer_core.datasets.common import DatasetSplits, FeatureDims, RamerDataset, RamerSample, collate
 from ramer_core.datasets.feature_store import FeatureStoreWriter, load_feature_store, read_feature_store
 from ramer_core.datasets.m3ed import M3ED_LABELS, load_m3ed
@@ -15,8 +16,6 @@ from ramer_core.datasets.memor import MEMOR_EMOTIONS, load_memor
 from ramer_core.datasets.mosei import MOSEI_LABELS, load_mosei_aligned
 from ramer_core.datasets.synthetic import SyntheticConfig, make_synthetic
 from ramer_core.errors import RamerInputError
-
-DATASET_KINDS = ("mosei-aligned", "memor", "memor-fine", "m3ed", "feature-store", "synthetic")
 
 
 def load_dataset(kind: str, path: str | Path | None = None, seed: int = 0) -> DatasetSplits:
