@@ -184,3 +184,21 @@ def test_fer_crop_from_rgb_equals_crop_from_the_grey_frame():
     gray = cv2.cvtColor(frame, cv2.COLOR_RGB2GRAY)
     for box in [(100.5, 80.2, 180.9, 190.0), (0.0, 0.0, 50.0, 40.0), (600.0, 300.0, 640.0, 360.0), (-20, 330, 30, 380)]:
         np.testing.assert_array_equal(fer_face_crop(frame, box), fer_face_crop(gray, box))
+
+
+@pytest.mark.parametrize("every, expected", [(1, 3), (2, 1), (0, 0)])
+def test_heap_is_trimmed_every_so_many_detector_batches(extractor, media_dir, tmp_path, monkeypatch, every, expected):
+    # Long passes fragment the C heap (benchmarks/results/memory.md); the pass hands freed pages back every
+    # `trim_heap_every` detector batches. 6 frames in batches of 2 -> 3 batches.
+    import dataclasses
+
+    import extractors.visual_features as visual_features
+
+    path = _clip_from(media_dir / "retalking_face1.mp4", tmp_path / "short.mp4", 4, 1.5, size=(320, 320))
+    trims = []
+    monkeypatch.setattr(visual_features, "return_freed_memory", lambda: trims.append(1))
+    monkeypatch.setattr(extractor, "config", dataclasses.replace(
+        extractor.config, trim_heap_every=every, max_batch_pixels=2 * 320 * 320))
+    result = extractor(path)
+    assert result.frames_analysed == 6
+    assert len(trims) == expected

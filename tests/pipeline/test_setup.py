@@ -174,3 +174,12 @@ def test_config_rejects_unknown_keys_and_models(tmp_path):
     with pytest.raises(UserError, match="does not exist"):
         load_config(tmp_path / "absent.yaml")
     assert PipelineConfig().torch_device() in ("cpu", "cuda")
+
+
+def test_reading_the_command_line_does_not_load_torch():
+    # export and render work on JSON: building the parser of every command must not import torch (2 s, 230 MB).
+    code = ("import sys, pipeline.cli; pipeline.cli.build_parser(); "
+            "import pipeline.export, pipeline.render, pipeline.timeline; "
+            "sys.exit(1 if 'torch' in sys.modules else 0)")
+    done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, "torch was imported while building the parser"
