@@ -685,8 +685,12 @@ def main(argv: list[str] | None = None) -> None:
     chosen = max(lr, key=lambda k: lr[k]["valid"])
     if chosen != "librosa":
         corpus = load_corpus(chosen, args.goemotions_chunks, goemotions_test_now=False)
+    from extractors.acoustic_features import DEFAULT_WHISPER_BLOCKS
+
+    whisper_blocks = DEFAULT_WHISPER_BLOCKS if chosen == "whisper" else None
     described = ("extractors.acoustic_features AcousticFeatureExtractor, 47-d at 100 frames/s" if chosen == "librosa"
-                 else "extractors.acoustic_features WhisperEncoderFeatures (whisper-tiny.en), 384-d at 50 frames/s")
+                 else f"extractors.acoustic_features WhisperEncoderFeatures (whisper-tiny.en, the states after "
+                      f"{DEFAULT_WHISPER_BLOCKS} of its 4 encoder blocks), 384-d at 50 frames/s")
     acoustic_choice = {"chosen": chosen, "lr": lr, "pool_frames": ACOUSTIC_POOL, "description": (
         f"{described}, mean-pooled over runs of {ACOUSTIC_POOL} frames; chosen by the logistic regression's "
         f"validation unweighted accuracy among {kinds}")}
@@ -731,6 +735,7 @@ def main(argv: list[str] | None = None) -> None:
     from ramer_core.training import json_safe
 
     model.config.extra = {"default_model": True, "acoustic_features": chosen, "acoustic_pool_frames": ACOUSTIC_POOL,
+                          "acoustic_whisper_blocks": whisper_blocks,
                           "visual_feature_names": corpus.visual_names, "visual_fill": corpus.visual_fill}
     model.save_pretrained(args.out, card=json_safe(card))
     text = markdown(tables, baselines, runs, argmax, shipped, timing, acoustic_choice, corpus)

@@ -12,7 +12,8 @@ cache in four parts that can run in parallel processes; ``text --only NAME`` bui
   pipeline). Texts are batched by length; the attention mask makes the padded batch give the same rows.
 - acoustic: RAVDESS speech (1,440 clips; "calm" is mapped to neutral) through the pipeline's path for a
   speaker: silero VAD regions as the speaker's turns, then ``speaker_span`` of the whole-clip frames; the
-  47-d librosa set (``acoustic``) and, optionally, the whisper-tiny.en encoder states (``whisper``, 384-d).
+  47-d librosa set (``acoustic``) and the whisper-tiny.en encoder states after DEFAULT_WHISPER_BLOCKS blocks
+  (``whisper``, 384-d).
 - visual: FER2013 (Training / PublicTest / PrivateTest): the expression probabilities of each face resized
   to the mini-Xception's 64x64 input (it was trained on these images resized so), named like
   ``VISUAL_FEATURE_NAMES``; optionally (``geometry``) the five-point geometry from MTCNN on the face
@@ -200,8 +201,16 @@ def ravdess_files() -> list[tuple[str, Path, str, str]]:
 ACTOR_PARTS = ((1, 6), (7, 12), (13, 18), (19, 24))   # the cache may be built in these parts, in parallel
 
 
+def _cache_kind(kind: str) -> str:
+    """Cache name of an acoustic kind: the whisper states are named by the encoder blocks run."""
+    from extractors.acoustic_features import DEFAULT_WHISPER_BLOCKS
+
+    return f"whisper-blocks{DEFAULT_WHISPER_BLOCKS}" if kind == "whisper" else kind
+
+
 def load_acoustic(kind: str) -> SequenceSet:
     """The whole RAVDESS cache of `kind`, from one file or from its ACTOR_PARTS."""
+    kind = _cache_kind(kind)
     whole = cache_path(f"acoustic_{kind}_ravdess")
     if whole.exists():
         return SequenceSet.load(whole)
@@ -212,22 +221,28 @@ def load_acoustic(kind: str) -> SequenceSet:
 
 
 def acoustic_cached(kind: str) -> bool:
+    kind = _cache_kind(kind)
     return cache_path(f"acoustic_{kind}_ravdess").exists() or all(
         cache_path(f"acoustic_{kind}_ravdess_actors{a:02d}-{b:02d}").exists() for a, b in ACTOR_PARTS)
 
 
 def _build_acoustic(kind: str, actors: tuple[int, int] | None = None) -> None:
-    from extractors.acoustic_features import AcousticFeatureExtractor, WhisperEncoderFeatures
+    from extractors.acoustic_features import (
+        DEFAULT_WHISPER_BLOCKS,
+        AcousticFeatureExtractor,
+        WhisperEncoderFeatures,
+    )
     from extractors.audio import load_audio
     from extractors.contracts import SpeakerTurn
     from extractors.vad import VoiceActivityDetector
 
-    path = cache_path(f"acoustic_{kind}_ravdess" + (f"_actors{actors[0]:02d}-{actors[1]:02d}" if actors else ""))
+    path = cache_path(f"acoustic_{_cache_kind(kind)}_ravdess" + (f"_actors{actors[0]:02d}-{actors[1]:02d}" if actors else ""))
     if path.exists() or acoustic_cached(kind):
         return
     files = [f for f in ravdess_files() if actors is None or actors[0] <= int(f[3]) <= actors[1]]
     vad = VoiceActivityDetector()
-    extractor = AcousticFeatureExtractor() if kind == "librosa" else WhisperEncoderFeatures(cpu_threads=1)
+    extractor = (AcousticFeatureExtractor() if kind == "librosa"
+                 else WhisperEncoderFeatures(blocks=DEFAULT_WHISPER_BLOCKS, device="cpu"))
     sequences: list[np.ndarray] = []
     started = time.perf_counter()
     for count, (_, clip, _, _) in enumerate(files):

@@ -143,6 +143,7 @@ class PipelineRunner:
         from pipeline.scoring import EmotionScorer
 
         self.scorer = EmotionScorer.load(checkpoint, device=self.device)
+        self.stages.acoustic_whisper_blocks = self.scorer.acoustic_whisper_blocks
         self._audio_cache: dict[str, np.ndarray] = {}
 
     # --------------------------------------------------------------------------------------- run
@@ -285,7 +286,8 @@ class PipelineRunner:
         # --- features ----------------------------------------------------------------------------
         acoustic_kind = self.scorer.acoustic_kind   # the features the checkpoint was trained on
         acoustic_stage = "acoustic" if acoustic_kind == "librosa" else "acoustic_whisper"
-        acoustic_key = stage_key("acoustic", sha, {**settings("acoustic"), "kind": acoustic_kind},
+        acoustic_key = stage_key("acoustic", sha, {**settings("acoustic"), "kind": acoustic_kind,
+                                                   "whisper_blocks": self.scorer.acoustic_whisper_blocks},
                                  self.stages.model_versions(acoustic_stage), [])
 
         def compute_acoustic():

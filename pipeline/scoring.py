@@ -94,6 +94,12 @@ class EmotionScorer:
         return str(self._extra.get("acoustic_features", "librosa"))
 
     @property
+    def acoustic_whisper_blocks(self) -> int | None:
+        """Whisper encoder blocks the ``whisper`` features were taken after (None: the whole encoder)."""
+        blocks = self._extra.get("acoustic_whisper_blocks")
+        return None if blocks is None else int(blocks)
+
+    @property
     def acoustic_pool(self) -> int:
         return int(self._extra.get("acoustic_pool_frames", 1) or 1)
 

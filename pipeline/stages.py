@@ -38,6 +38,8 @@ STAGE_MODELS: dict[str, tuple[str, ...]] = {
 class StageFactory:
     config: PipelineConfig
     device: str = "cpu"
+    # encoder blocks of the whisper acoustic features: the checkpoint's choice (None: the whole encoder)
+    acoustic_whisper_blocks: int | None = None
     _built: dict[str, Any] = field(default_factory=dict)
     _located: dict[str, dict] = field(default_factory=dict)
 
@@ -114,7 +116,9 @@ class StageFactory:
     def _build_acoustic_whisper(self):
         from extractors.acoustic_features import WhisperEncoderFeatures
 
-        return WhisperEncoderFeatures("whisper-tiny.en", model_path=self._path("whisper-tiny.en"))
+        # the openai-whisper form of the packaged tiny.en weights (converted once when not configured)
+        return WhisperEncoderFeatures("whisper-tiny.en", model_path=self._path("openai-whisper-tiny.en"),
+                                      blocks=self.acoustic_whisper_blocks, device=self.device)
 
     def _build_text(self):
         from extractors.text_features import TextEncoder

@@ -97,8 +97,8 @@ def settle_bad_rows(annotations: Annotations, policy: str) -> None:
         raise UserError(f"{annotations.path}: no usable rows ({len(annotations.bad)} bad)")
 
 
-def corpus_features(args: argparse.Namespace, annotations: Annotations, checkpoint: Path | None, acoustic_kind: str
-                    ) -> tuple[dict[int, RowFeatures], ExtractionReport]:
+def corpus_features(args: argparse.Namespace, annotations: Annotations, checkpoint: Path | None, acoustic_kind: str,
+                    whisper_blocks: int | None = None) -> tuple[dict[int, RowFeatures], ExtractionReport]:
     """Every usable row's raw features (cache or extraction); rows found unusable while extracting are
     settled like the others."""
     from pipeline.config import load_config
@@ -108,13 +108,13 @@ def corpus_features(args: argparse.Namespace, annotations: Annotations, checkpoi
 
     def make_runner():
         runner = build_runner(config, checkpoint, getattr(args, "device", None))
-        if runner.scorer.acoustic_kind != acoustic_kind:
+        if (runner.scorer.acoustic_kind, runner.scorer.acoustic_whisper_blocks) != (acoustic_kind, whisper_blocks):
             raise UserError(f"the pipeline would extract {runner.scorer.acoustic_kind} acoustic features; the "
                             f"checkpoint reads {acoustic_kind}")
         return runner
 
     with progress_bar("features (videos)", quiet=getattr(args, "quiet", False)) as advance:
-        features, report = extract_features(annotations.rows, cache, extraction_settings(config, acoustic_kind),
+        features, report = extract_features(annotations.rows, cache, extraction_settings(config, acoustic_kind, whisper_blocks),
                                             make_runner, progress=advance)
     if report.bad:
         annotations.bad = sorted([*annotations.bad, *report.bad], key=lambda b: b.line)
@@ -208,7 +208,7 @@ def new_model_scorer(args: argparse.Namespace, base):
     empty = RamerDataset([], base_config.label_names, dims)
     config = build_config(args, DatasetSplits(empty, empty, empty))
     extra = {k: v for k, v in dict(base_config.extra).items() if k in ("acoustic_features", "acoustic_pool_frames",
-                                                                        "visual_feature_names")}
+                                                                        "acoustic_whisper_blocks", "visual_feature_names")}
     config = replace(config, extra=extra)
     return EmotionScorer(RamerModel(config), Path(args.out), True, "", base.device)
 
@@ -270,7 +270,8 @@ def train_on_corpus(args: argparse.Namespace, training) -> int:
     scorer, start, feature_checkpoint = load_start(args)
     base_card = dict(scorer.card) if start != "scratch" else {}
     annotations = read_corpus(args, tuple(scorer.labels))
-    features, report = corpus_features(args, annotations, feature_checkpoint, scorer.acoustic_kind)
+    features, report = corpus_features(args, annotations, feature_checkpoint, scorer.acoustic_kind,
+                                       scorer.acoustic_whisper_blocks)
     train_rows, valid_rows = split_rows(annotations.rows, args.valid_fraction, args.seed)
     source = str(args.annotations)
     train_set = build_dataset(train_rows, features, scorer, "annotations:train", source)
@@ -302,7 +303,8 @@ def evaluate_on_corpus(args: argparse.Namespace) -> dict:
     device = pick_device(args.device)
     scorer = EmotionScorer.load(args.checkpoint, device=str(device))
     annotations = read_corpus(args, tuple(scorer.labels))
-    features, _ = corpus_features(args, annotations, args.checkpoint, scorer.acoustic_kind)
+    features, _ = corpus_features(args, annotations, args.checkpoint, scorer.acoustic_kind,
+                                  scorer.acoustic_whisper_blocks)
     dataset = build_dataset(annotations.rows, features, scorer, f"annotations:{Path(args.annotations).name}",
                             str(args.annotations))
     return {"dataset": dataset, **evaluate(scorer.model, dataset, threshold=args.threshold, device=device)}

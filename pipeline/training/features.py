@@ -79,14 +79,15 @@ class ExtractionReport:
                 f"({self.videos_analysed} videos analysed), {len(self.bad)} unusable, {self.seconds:.1f} s")
 
 
-def extraction_settings(config: PipelineConfig, acoustic_kind: str) -> dict:
+def extraction_settings(config: PipelineConfig, acoustic_kind: str, whisper_blocks: int | None = None) -> dict:
     """Everything that decides a row's features: stage settings and model versions (not the device)."""
     from pipeline.stages import STAGE_MODELS, StageFactory
 
     factory = StageFactory(config)
     settings = config.model_dump(mode="json", exclude={"device", "models"})
     models = {stage: factory.model_versions(stage) for stage in STAGE_MODELS}
-    return {"version": FEATURES_VERSION, "settings": settings, "models": models, "acoustic_kind": acoustic_kind}
+    return {"version": FEATURES_VERSION, "settings": settings, "models": models, "acoustic_kind": acoustic_kind,
+            "whisper_blocks": whisper_blocks}
 
 
 def row_span(row: AnnotationRow, duration: float) -> tuple[float, float]:

@@ -98,11 +98,16 @@ def test_too_short_audio_gives_empty(extractor):
     assert extractor.frames(np.zeros(100, np.float32)).shape == (0, D_ACOUSTIC)
 
 
-@pytest.mark.slow
-def test_whisper_encoder_states_alternative(media_dir):
-    from extractors.acoustic_features import WhisperEncoderFeatures
+@pytest.fixture(scope="module")
+def whisper_states():
+    from extractors.acoustic_features import DEFAULT_WHISPER_BLOCKS, WhisperEncoderFeatures
 
-    encoder = WhisperEncoderFeatures()
+    return WhisperEncoderFeatures(blocks=DEFAULT_WHISPER_BLOCKS, device="cpu")
+
+
+@pytest.mark.slow
+def test_whisper_encoder_states(media_dir, whisper_states):
+    encoder = whisper_states
     assert encoder.dim == 384  # tiny.en d_model
     audio = load_audio(media_dir / "jfk.flac")
     states = encoder.frames(audio)
@@ -115,3 +120,25 @@ def test_whisper_encoder_states_alternative(media_dir):
     turns = [SpeakerTurn(0.0, 1.0, "SPK0")]
     assert encoder.speaker_span(states, turns, "SPK0", 0.5, 2.0).shape == (25, 384)
     assert encoder.speaker_span(states, turns, "SPK1", 0.0, 11.0).shape == (0, 384)
+
+
+@pytest.mark.slow
+def test_whisper_states_stop_after_the_asked_blocks(media_dir, whisper_states):
+    """Stopping early is the same network as the whole encoder up to that block (checked against
+    openai-whisper's own forward with a hook), not the last layer under another name."""
+    from extractors.acoustic_features import WhisperEncoderFeatures
+
+    audio = load_audio(media_dir / "jfk.flac")[: 3 * SAMPLE_RATE]
+    whole = WhisperEncoderFeatures(blocks=None, device="cpu")
+    caught = {}
+    block = whole.encoder.blocks[whisper_states.blocks - 1]
+    hook = block.register_forward_hook(lambda module, args, output: caught.setdefault("states", output))
+    try:
+        last = whole.frames(audio)
+    finally:
+        hook.remove()
+    early = whisper_states.frames(audio)
+    np.testing.assert_allclose(early, caught["states"][0, : len(early)].numpy(), atol=1e-4)
+    assert np.abs(early - last).mean() > 0.1    # the last layer (after ln_post) is another representation
+    with pytest.raises(ValueError, match="encoder blocks"):
+        WhisperEncoderFeatures(blocks=5, device="cpu")
