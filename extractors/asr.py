@@ -73,6 +73,10 @@ class AsrConfig:
     region_pad_s: float = 0.2          # speech regions are widened by this much (word onsets, final consonants)
     join_gap_s: float = 1.0            # a segment is split at a silence longer than this; "in_place":
                                        # regions closer than this are decoded as one clip
+    # Speech is decoded in windows of at most this much source time, cut in silences between regions:
+    # the decoder computes the log-mel features of all it is given at once (about 36 MB per minute of
+    # audio), so a whole film would need gigabytes. Audio this short or shorter is one window.
+    window_s: float = 300.0
     # Whisper's own guards against made-up text (its defaults, stated so a configuration can tune them):
     # a window is skipped when no_speech_prob > no_speech_threshold and avg_logprob < log_prob_threshold;
     # a decode more repetitive than compression_ratio_threshold is retried at a higher temperature.
@@ -360,17 +364,41 @@ class SpeechRecognizer:
             log.info("no speech detected: no transcript")
             return []
         allowed = padded_regions(regions, duration, cfg.region_pad_s)
-        if cfg.decode == "in_place":
-            clips = speech_clips(regions, duration, cfg.region_pad_s, cfg.join_gap_s)
-            log.debug("ASR: %d clips, %.1f s of %.1f s", len(clips), sum(c.duration for c in clips), duration)
-            raw, language = self._backend.transcribe(audio, clips, progress)
-        elif cfg.decode == "joined":
+        if cfg.decode not in ("in_place", "joined"):
+            raise ExtractorError(f"unknown ASR decode mode {cfg.decode!r}; use 'joined' or 'in_place'")
+        windows = decode_windows(regions, duration, cfg.window_s)
+        raw, language = [], None
+        for index, (first, last) in enumerate(windows):
+            def window_progress(fraction: float, index: int = index) -> None:
+                if progress is not None:
+                    progress((index + fraction) / len(windows))
+
+            raw_window, window_language = self._decode_window(audio, regions[first:last], duration,
+                                                              whole=len(windows) == 1, progress=window_progress)
+            raw.extend(raw_window)
+            language = language or window_language
+        return place_in_speech(raw, allowed, cfg.join_gap_s, language)
+
+    def _decode_window(self, audio: np.ndarray, regions: list[SpeechRegion], duration: float, whole: bool,
+                       progress: Callable[[float], None]) -> tuple[list[_RawSegment], str]:
+        """Raw segments (source times) of the speech regions of one window."""
+        cfg = self.config
+        allowed = padded_regions(regions, duration, cfg.region_pad_s)
+        if cfg.decode == "joined":
             timeline = _JoinedTimeline(audio, allowed, cfg.gap_s)
             raw, language = self._backend.transcribe(timeline.audio, None, progress)
-            raw = timeline.segments_to_source(raw)
-        else:
-            raise ExtractorError(f"unknown ASR decode mode {cfg.decode!r}; use 'joined' or 'in_place'")
-        return place_in_speech(raw, allowed, cfg.join_gap_s, language)
+            return timeline.segments_to_source(raw), language
+        clips = speech_clips(regions, duration, cfg.region_pad_s, cfg.join_gap_s)
+        log.debug("ASR: %d clips, %.1f s of %.1f s", len(clips), sum(c.duration for c in clips), duration)
+        if whole:   # one window: the decoder sees the file as it is
+            return self._backend.transcribe(audio, clips, progress)
+        offset = clips[0].start
+        piece = audio[int(round(offset * SAMPLE_RATE)): int(round(clips[-1].end * SAMPLE_RATE))]
+        shifted = [SpeechRegion(c.start - offset, c.end - offset) for c in clips]
+        raw, language = self._backend.transcribe(piece, shifted, progress)
+        return [_RawSegment(r.text, r.start + offset, r.end + offset,
+                            [_RawWord(w.text, w.start + offset, w.end + offset, w.probability) for w in r.words])
+                for r in raw], language
 
     def detect_language(self, audio: np.ndarray) -> tuple[str, float]:
         """(ISO code, probability) from the first 30 s of speech; ("en", 1.0) for English-only models."""
@@ -382,6 +410,27 @@ class SpeechRecognizer:
                           for r in padded_regions(regions, len(audio) / SAMPLE_RATE, self.config.region_pad_s)]
                 audio = np.concatenate(pieces)
         return self._backend.detect_language(audio)
+
+
+def decode_windows(regions: list[SpeechRegion], duration: float, window_s: float) -> list[tuple[int, int]]:
+    """Index ranges [first, last) of ``regions`` decoded together, each spanning at most ``window_s`` of
+    source time where the regions allow (a longer region is a window of its own), cut in the widest
+    silence of the last third of each window, so no window ends just before the next region."""
+    if duration <= window_s or len(regions) <= 1:
+        return [(0, len(regions))]
+    windows, first = [], 0
+    while first < len(regions):
+        last = first + 1
+        while last < len(regions) and regions[last].end - regions[first].start <= window_s:
+            last += 1
+        if last < len(regions):
+            # among the cuts in the last third of the window, the one after the longest silence
+            earliest = regions[first].start + 2 * window_s / 3
+            cuts = [k for k in range(first + 1, last + 1) if regions[k - 1].end >= earliest] or [last]
+            last = max(cuts, key=lambda k: (regions[k].start - regions[k - 1].end, k))
+        windows.append((first, last))
+        first = last
+    return windows
 
 
 def _clip_timestamps(clips: list[SpeechRegion] | None) -> list[float] | str:

@@ -1,7 +1,7 @@
 """The extractor stages, built once from the pipeline configuration (models: and device: reach every stage).
 
 Every stage gets its models' explicit paths from ``models:``; the PyTorch stages (face detection,
-expression, speaker embeddings, text encoder, speech recognition) run on ``device``. Three small models
+expression, speaker embeddings, text encoder, speech recognition, whisper acoustic encoder) run on ``device``. Three small models
 always run on the CPU: the silero VAD and the LiteRT face mesh (no CUDA build offline), and the librosa
 acoustic features (no network at all).
 

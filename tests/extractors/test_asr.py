@@ -252,3 +252,47 @@ def test_short_utterance_gives_only_what_was_said(recognizer, data_dir, name):
     assert set(said) <= set(sentence.split()) and len(said) <= len(sentence.split()), segments[0].text
     check_inside_speech(segments, regions, recognizer.config.region_pad_s, recognizer.config.join_gap_s)
 
+
+
+def test_decode_windows_cut_long_audio_in_its_widest_late_silences():
+    from extractors.asr import decode_windows
+    from extractors.vad import SpeechRegion
+
+    # speech every 10 s (5 s long), with one wider pause at 52-58 s
+    regions = [SpeechRegion(t, t + 5.0) for t in (0, 10, 20, 30, 40, 47, 58, 68, 78, 88, 98, 108)]
+    assert decode_windows(regions, 120.0, 300.0) == [(0, 12)]          # short audio: one window
+    windows = decode_windows(regions, 120.0, 60.0)
+    assert windows[0] == (0, 6)        # cut at the 6 s pause, not at the last region that fits (58-63 s)
+    assert [i for w in windows for i in range(*w)] == list(range(12))  # every region once, in order
+    for first, last in windows:
+        assert regions[last - 1].end - regions[first].start <= 60.0
+    long_region = [SpeechRegion(0, 500), SpeechRegion(501, 502)]
+    assert decode_windows(long_region, 502.0, 300.0) == [(0, 1), (1, 2)]
+
+
+@pytest.mark.parametrize("decode", ["joined", "in_place"])
+def test_long_audio_decoded_in_windows_gives_the_same_words_at_the_same_times(jfk, decode):
+    """Windows bound the decoder's memory (it computes the features of all it is given at once); each
+    window's words come back at their own times in the file."""
+    audio = np.concatenate([jfk, np.zeros(20 * SAMPLE_RATE, np.float32), jfk])     # JFK at 0 s and at 31 s
+    whole = SpeechRecognizer(AsrConfig(decode=decode))
+    regions = whole.vad.detect(audio)
+    windowed = SpeechRecognizer(AsrConfig(decode=decode, window_s=20.0))
+    from extractors.asr import decode_windows
+
+    assert len(decode_windows(regions, len(audio) / SAMPLE_RATE, 20.0)) == 2
+    decoded = []   # the length of audio each decoder call was given
+    backend_transcribe = windowed._backend.transcribe
+    windowed._backend.transcribe = lambda a, *rest: decoded.append(len(a) / SAMPLE_RATE) or backend_transcribe(a, *rest)
+    one, two = whole.transcribe(audio, regions), windowed.transcribe(audio, regions)
+    assert len(decoded) == 2 and max(decoded) < 12.0, decoded
+    words_one = [(normalize(w.text), w.start, w.end) for s in one for w in s.words]
+    words_two = [(normalize(w.text), w.start, w.end) for s in two for w in s.words]
+    assert [w for w, _, _ in words_two] == [w for w, _, _ in words_one]
+    # Whisper's word times move a little when the same speech sits elsewhere in its 30 s window (most at the
+    # loose end of a phrase's last word)
+    pairs = list(zip(words_one, words_two, strict=True))
+    assert max(abs(a[1] - b[1]) for a, b in pairs) < 0.25 and max(abs(a[2] - b[2]) for a, b in pairs) < 0.4
+    check_inside_speech(two, regions, windowed.config.region_pad_s, windowed.config.join_gap_s)
+    second_americans = [w for w in words_two if w[0] == "americans"][1]
+    assert 31.0 + 1.2 < second_americans[1] < 31.0 + 2.4
