@@ -41,6 +41,40 @@ from extractors.vad import SpeechRegion, VoiceActivityDetector
 log = logging.getLogger(__name__)
 
 FRAME_RATE = 100  # resemblyzer's mel frames per second (10 ms hop)
+_MEL_FFT, _MEL_HOP, _MEL_BANDS = 400, 160, 40   # resemblyzer's 25 ms window, 10 ms step, 40 bands
+_MEL_CHUNK_FRAMES = 6000                        # mel frames computed at once (60 s): bounds the memory
+
+
+def voice_mel(audio: np.ndarray, chunk_frames: int = _MEL_CHUNK_FRAMES) -> np.ndarray:
+    """What resemblyzer's encoder reads, ``wav_to_mel_spectrogram(normalize_volume(audio, -30,
+    increase_only=True))`` ([F, 40] float32), computed over chunks: the whole-file version holds the
+    complex spectrum of the whole audio and a gained copy (220 MB at 10 minutes, against 29 MB in chunks).
+
+    Chunks overlap by the analysis window and are cut on frame boundaries, with the zeros librosa's centred
+    framing pads with at the ends, so the frames are those of the whole-file analysis.
+    """
+    import librosa
+
+    audio = np.asarray(audio, dtype=np.float32).reshape(-1)
+    if not len(audio):
+        return np.zeros((0, _MEL_BANDS), np.float32)
+    mean_square = float(np.dot(audio, audio)) / len(audio)
+    change_db = -30.0 - 10.0 * np.log10(max(mean_square, 1e-20))
+    gain = np.float32(10.0 ** (change_db / 20.0)) if change_db > 0 else np.float32(1.0)   # increase only
+    total = 1 + len(audio) // _MEL_HOP                # librosa's centred frame count
+    out = np.empty((total, _MEL_BANDS), np.float32)
+    half = _MEL_FFT // 2
+    for first in range(0, total, chunk_frames):
+        last = min(total, first + chunk_frames)
+        start, end = first * _MEL_HOP - half, (last - 1) * _MEL_HOP + _MEL_FFT - half   # sample span of the frames
+        piece = np.zeros(end - start, np.float32)
+        inside = audio[max(start, 0): min(end, len(audio))]
+        piece[max(0, -start): max(0, -start) + len(inside)] = inside
+        piece *= gain
+        mel = librosa.feature.melspectrogram(y=piece, sr=SAMPLE_RATE, n_fft=_MEL_FFT, hop_length=_MEL_HOP,
+                                             n_mels=_MEL_BANDS, center=False)             # [40, last - first]
+        out[first:last] = mel.T
+    return out
 
 
 @dataclass
@@ -108,14 +142,11 @@ class SpeakerDiarizer:
         Regions up to one window long are one window; regions shorter than `min_region_s` are one
         window too, marked unreliable (too little speech to say whose voice it is by itself).
         """
-        from resemblyzer.audio import normalize_volume, wav_to_mel_spectrogram
-
         cfg = self.config
         empty = np.zeros((0, 256), np.float32), np.zeros((0, 2), np.int64), np.zeros(0, bool)
         if not regions or not np.any(audio):
             return empty
-        wav = normalize_volume(audio.astype(np.float32), -30, increase_only=True)
-        mel = wav_to_mel_spectrogram(wav)                       # [F, 40]
+        mel = voice_mel(audio)                                  # [F, 40]
         window, step = int(cfg.window_s * FRAME_RATE), int(cfg.step_s * FRAME_RATE)
         ranges: list[tuple[int, int]] = []
         reliable: list[bool] = []
@@ -143,10 +174,10 @@ class SpeakerDiarizer:
             for index, (s, e) in enumerate(ranges):
                 by_length.setdefault(e - s, []).append(index)
             for length, indices in by_length.items():
-                batch = np.stack([mel[ranges[i][0]: ranges[i][0] + length] for i in indices])  # [B, L, 40]
-                for chunk in range(0, len(indices), 256):
-                    part = torch.from_numpy(batch[chunk: chunk + 256]).to(self.device)
-                    out[indices[chunk: chunk + 256]] = self.encoder(part).cpu().numpy()
+                for chunk in range(0, len(indices), 256):   # stacked 256 at a time: memory flat in length
+                    chosen = indices[chunk: chunk + 256]
+                    batch = np.stack([mel[ranges[i][0]: ranges[i][0] + length] for i in chosen])  # [B, L, 40]
+                    out[chosen] = self.encoder(torch.from_numpy(batch).to(self.device)).cpu().numpy()
         return out, np.asarray(ranges, dtype=np.int64), np.asarray(reliable, dtype=bool)
 
     def count_speakers(

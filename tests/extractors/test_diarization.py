@@ -161,3 +161,28 @@ def test_speech_made_only_of_short_regions_gets_turns(diarizer, media_dir):
     assert covered >= 0.8 * sum(r.duration for r in regions)
     for turn in turns:
         assert any(r.start - 0.011 <= turn.start and turn.end <= r.end + 0.011 for r in regions), turn  # 10 ms frames
+
+
+@pytest.mark.parametrize("scale", [1.0, 0.01])   # as recorded, and quiet enough for the volume to be raised
+def test_voice_mel_is_resemblyzers_whole_file_mel_in_bounded_memory(call, scale):
+    import tracemalloc
+
+    from resemblyzer.audio import normalize_volume, wav_to_mel_spectrogram
+
+    from extractors.diarization import voice_mel
+
+    audio = (call * scale).astype(np.float32)
+    expected = wav_to_mel_spectrogram(normalize_volume(audio, -30, increase_only=True))     # [F, 40]
+    for chunk_frames in (6000, 777):   # one chunk, and cuts inside speech
+        got = voice_mel(audio, chunk_frames)
+        assert got.shape == expected.shape
+        np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-5 * float(expected.max()))
+    ten_minutes = np.tile(audio, int(np.ceil(600 * SAMPLE_RATE / len(audio))))[: 600 * SAMPLE_RATE]
+    tracemalloc.start()
+    try:
+        voice_mel(ten_minutes)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    # the output is 9.6 MB; the whole-file analysis peaked at 220 MB here (29 MB chunked)
+    assert peak < 40e6, peak
