@@ -26,6 +26,7 @@ import argparse
 import logging
 from dataclasses import asdict, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -50,6 +51,9 @@ from pipeline.training.features import (
     extract_features,
     extraction_settings,
 )
+
+if TYPE_CHECKING:
+    from pipeline.scoring import EmotionScorer
 
 log = logging.getLogger(__name__)
 
@@ -97,8 +101,15 @@ def settle_bad_rows(annotations: Annotations, policy: str) -> None:
         raise UserError(f"{annotations.path}: no usable rows ({len(annotations.bad)} bad)")
 
 
-def corpus_features(args: argparse.Namespace, annotations: Annotations, checkpoint: Path | None, acoustic_kind: str,
-                    whisper_blocks: int | None = None) -> tuple[dict[int, RowFeatures], ExtractionReport]:
+def acoustic_of(scorer: EmotionScorer) -> str:
+    """The acoustic features a checkpoint reads, in words (kind and, for whisper, the encoder blocks)."""
+    blocks = scorer.acoustic_whisper_blocks
+    return scorer.acoustic_kind + (f" (after {blocks} encoder blocks)" if scorer.acoustic_kind == "whisper" and blocks
+                                   else "")
+
+
+def corpus_features(args: argparse.Namespace, annotations: Annotations, checkpoint: Path | None,
+                    scorer: EmotionScorer) -> tuple[dict[int, RowFeatures], ExtractionReport]:
     """Every usable row's raw features (cache or extraction); rows found unusable while extracting are
     settled like the others."""
     from pipeline.config import load_config
@@ -108,13 +119,14 @@ def corpus_features(args: argparse.Namespace, annotations: Annotations, checkpoi
 
     def make_runner():
         runner = build_runner(config, checkpoint, getattr(args, "device", None))
-        if (runner.scorer.acoustic_kind, runner.scorer.acoustic_whisper_blocks) != (acoustic_kind, whisper_blocks):
-            raise UserError(f"the pipeline would extract {runner.scorer.acoustic_kind} acoustic features; the "
-                            f"checkpoint reads {acoustic_kind}")
+        if acoustic_of(runner.scorer) != acoustic_of(scorer):
+            raise UserError(f"the pipeline would extract {acoustic_of(runner.scorer)} acoustic features; the "
+                            f"checkpoint reads {acoustic_of(scorer)}")
         return runner
 
     with progress_bar("features (videos)", quiet=getattr(args, "quiet", False)) as advance:
-        features, report = extract_features(annotations.rows, cache, extraction_settings(config, acoustic_kind, whisper_blocks),
+        features, report = extract_features(annotations.rows, cache, extraction_settings(config, scorer.acoustic_kind,
+                                                                                scorer.acoustic_whisper_blocks),
                                             make_runner, progress=advance)
     if report.bad:
         annotations.bad = sorted([*annotations.bad, *report.bad], key=lambda b: b.line)
@@ -270,8 +282,7 @@ def train_on_corpus(args: argparse.Namespace, training) -> int:
     scorer, start, feature_checkpoint = load_start(args)
     base_card = dict(scorer.card) if start != "scratch" else {}
     annotations = read_corpus(args, tuple(scorer.labels))
-    features, report = corpus_features(args, annotations, feature_checkpoint, scorer.acoustic_kind,
-                                       scorer.acoustic_whisper_blocks)
+    features, report = corpus_features(args, annotations, feature_checkpoint, scorer)
     train_rows, valid_rows = split_rows(annotations.rows, args.valid_fraction, args.seed)
     source = str(args.annotations)
     train_set = build_dataset(train_rows, features, scorer, "annotations:train", source)
@@ -303,8 +314,7 @@ def evaluate_on_corpus(args: argparse.Namespace) -> dict:
     device = pick_device(args.device)
     scorer = EmotionScorer.load(args.checkpoint, device=str(device))
     annotations = read_corpus(args, tuple(scorer.labels))
-    features, _ = corpus_features(args, annotations, args.checkpoint, scorer.acoustic_kind,
-                                  scorer.acoustic_whisper_blocks)
+    features, _ = corpus_features(args, annotations, args.checkpoint, scorer)
     dataset = build_dataset(annotations.rows, features, scorer, f"annotations:{Path(args.annotations).name}",
                             str(args.annotations))
     return {"dataset": dataset, **evaluate(scorer.model, dataset, threshold=args.threshold, device=device)}

@@ -133,7 +133,7 @@ def test_fine_tuning_moves_the_scores_towards_the_corpus_labels(setup):
         scorer = EmotionScorer.load(checkpoint)
         args = _corpus_args(setup)
         annotations = corpus_module.read_corpus(args, tuple(scorer.labels))
-        features, _ = corpus_module.corpus_features(args, annotations, None, scorer.acoustic_kind)
+        features, _ = corpus_module.corpus_features(args, annotations, None, scorer)
         dataset = corpus_module.build_dataset(annotations.rows, features, scorer, "check", "")
         return predict(scorer.model, dataset).probs, dataset.labels_matrix().numpy()
 
