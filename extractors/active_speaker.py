@@ -204,13 +204,14 @@ def sync_confidence(curve: np.ndarray, lag: int, tolerance: int = 1) -> tuple[fl
     return (max(0.0, best - baseline) if best > 0 else 0.0), best
 
 
-def interpolate_detection(track: FaceTrack, t: float, max_gap_s: float = 0.6) -> FaceDetection | None:
+def interpolate_detection(track: FaceTrack, t: float, max_gap_s: float = 0.6,
+                          times: np.ndarray | None = None) -> FaceDetection | None:
     """The track's face at time ``t`` (box and landmarks linear between its detections), None outside it.
 
     The visual pass samples faces at a few frames per second; synchrony needs every frame, so the face is
     placed between its neighbouring detections (the face mesh crops with a margin, so this is enough).
     """
-    times = np.array([d.t for d in track.detections])
+    times = np.array([d.t for d in track.detections]) if times is None else times   # [N] detection times
     if t < times[0] - TRACK_EDGE_S or t > times[-1] + TRACK_EDGE_S:
         return None
     i = int(np.searchsorted(times, t))
@@ -225,6 +226,58 @@ def interpolate_detection(track: FaceTrack, t: float, max_gap_s: float = 0.6) ->
     box = tuple(float((1 - w) * p + w * q) for p, q in zip(a.box, b.box, strict=True))
     landmarks = ((1 - w) * np.asarray(a.landmarks) + w * np.asarray(b.landmarks)).astype(np.float32)
     return FaceDetection(t, box, min(a.score, b.score), landmarks)
+
+
+class TrackSweep:
+    """The faces of the tracks on screen at time t, for times that mostly increase (a frame loop).
+
+    Keeps the tracks that can be live (from ``TRACK_EDGE_S`` before their first detection to as long after
+    their last), so each frame costs the tracks on screen, not every track of the video (an hour of TV
+    holds thousands). A time earlier than the last one restarts the sweep.
+    """
+
+    def __init__(self, tracks: Sequence[FaceTrack]):
+        self._tracks = sorted((t for t in tracks if t.detections), key=lambda t: t.detections[0].t)
+        self._times = {t.id: np.array([d.t for d in t.detections]) for t in self._tracks}
+        self._restart()
+
+    def _restart(self) -> None:
+        self._next = 0                       # first track not yet admitted
+        self._live: list[FaceTrack] = []
+        self._last_t = -np.inf
+
+    def faces_at(self, t: float) -> list[tuple[FaceTrack, FaceDetection]]:
+        """(track, its face at ``t``) for every track on screen then, in order of track start."""
+        if t < self._last_t:
+            self._restart()
+        self._last_t = t
+        while self._next < len(self._tracks) and self._tracks[self._next].detections[0].t - TRACK_EDGE_S <= t:
+            self._live.append(self._tracks[self._next])
+            self._next += 1
+        self._live = [track for track in self._live if t <= track.detections[-1].t + TRACK_EDGE_S]
+        faces = [(track, interpolate_detection(track, t, times=self._times[track.id])) for track in self._live]
+        return [(track, face) for track, face in faces if face is not None]
+
+
+def series_by_segment(samples: Sequence[tuple[float, dict[str, float]]], segments: Sequence[SpeechSegment],
+                      context_s: float, min_frames: int
+                      ) -> tuple[dict[str, np.ndarray], dict[tuple[str, str], np.ndarray]]:
+    """(segment id -> sample times, (segment id, track id) -> mouth opening per sample, NaN where the track
+    was not measured) from time-ordered samples; a track with fewer than ``min_frames`` measured samples in
+    a segment gets no series. Only the tracks seen in a segment's samples are looked at."""
+    sample_times = np.array([t for t, _ in samples], dtype=np.float64)
+    times: dict[str, np.ndarray] = {}
+    series: dict[tuple[str, str], np.ndarray] = {}
+    for segment in segments:
+        first = int(np.searchsorted(sample_times, segment.start - context_s, side="left"))
+        last = int(np.searchsorted(sample_times, segment.end + context_s, side="left"))
+        times[segment.id] = sample_times[first:last]
+        seen = dict.fromkeys(track_id for _, openings in samples[first:last] for track_id in openings)
+        for track_id in seen:
+            values = np.array([openings.get(track_id, np.nan) for _, openings in samples[first:last]], dtype=np.float64)
+            if np.isfinite(values).sum() >= min_frames:
+                series[(segment.id, track_id)] = values
+    return times, series
 
 
 def mesh_mouth_meter(model_path: str | os.PathLike | None = None, threads: int | None = 1,
@@ -265,11 +318,10 @@ class ActiveSpeakerDetector:
         samples: list[tuple[float, dict[str, float]]] = []  # (time, track id -> opening)
         total = sum(b - a for a, b in windows) or 1.0
         done = 0.0
+        live_tracks = TrackSweep(tracks)
         for start, end in windows:
             for frame in iter_frames(path, cfg.sync_fps, start=max(0.0, start), end=end):
-                live = [(track, interpolate_detection(track, frame.t)) for track in tracks
-                        if track.detections[0].t - TRACK_EDGE_S <= frame.t <= track.detections[-1].t + TRACK_EDGE_S]
-                live = [(track, face) for track, face in live if face is not None]
+                live = live_tracks.faces_at(frame.t)
                 openings: dict[str, float] = {}
                 if live:
                     values = self.mouth_meter(frame.image, [face for _, face in live])
@@ -278,18 +330,7 @@ class ActiveSpeakerDetector:
             done += end - start
             if progress is not None:
                 progress(done, total)
-        sample_times = np.array([t for t, _ in samples], dtype=np.float64)
-        times: dict[str, np.ndarray] = {}
-        series: dict[tuple[str, str], np.ndarray] = {}
-        for segment in segments:
-            inside = (sample_times >= segment.start - cfg.context_s) & (sample_times < segment.end + cfg.context_s)
-            indices = np.flatnonzero(inside)
-            times[segment.id] = sample_times[indices]
-            for track in tracks:
-                values = np.array([samples[i][1].get(track.id, np.nan) for i in indices], dtype=np.float64)
-                if np.isfinite(values).sum() >= cfg.min_frames:
-                    series[(segment.id, track.id)] = values
-        return times, series
+        return series_by_segment(samples, segments, cfg.context_s, cfg.min_frames)
 
     def __call__(
         self,
@@ -307,22 +348,27 @@ class ActiveSpeakerDetector:
         cfg = self.config
         fps = cfg.sync_fps
         search, max_lag = int(round(cfg.search_lag_s * fps)), int(round(cfg.max_lag_s * fps))
+        order = {track.id: i for i, track in enumerate(tracks)}
+        measured: dict[str, list[str]] = {}   # segment id -> its measured tracks, in the order of `tracks`
+        for segment_id, track_id in sorted(series, key=lambda key: order.get(key[1], len(order))):
+            measured.setdefault(segment_id, []).append(track_id)
         curves: dict[tuple[str, str], np.ndarray] = {}
+        of_segment_curves: dict[str, list[np.ndarray]] = {}
         for segment in segments:
             seg_times = times.get(segment.id, np.zeros(0))
-            if not len(seg_times):
+            if not len(seg_times) or segment.id not in measured:
                 continue
             envelope = speech_envelope(audio, seg_times, regions)
-            for track in tracks:
-                mouth = series.get((segment.id, track.id))
-                if mouth is not None:
-                    curves[(segment.id, track.id)] = lag_curve(mouth, envelope, search, cfg)
+            for track_id in measured[segment.id]:
+                curve = lag_curve(series[(segment.id, track_id)], envelope, search, cfg)
+                curves[(segment.id, track_id)] = curve
+                of_segment_curves.setdefault(segment.id, []).append(curve)
         # One lag per voice (a person's sound and picture come through one chain; an edited programme
         # may join sources with different offsets), from the best-matching face of each of its segments.
         voice_of = {s.id: s.turn or "_all" for s in segments}
         best_per_voice: dict[str, list[np.ndarray]] = {}
         for segment in segments:
-            of_segment = [c for (sid, _), c in curves.items() if sid == segment.id and not np.all(np.isnan(c))]
+            of_segment = [c for c in of_segment_curves.get(segment.id, []) if not np.all(np.isnan(c))]
             if of_segment:
                 best_per_voice.setdefault(voice_of[segment.id], []).append(np.fmax.reduce(np.stack(of_segment)))
         lag_of_voice = {voice: video_lag(found, max_lag) for voice, found in best_per_voice.items()}

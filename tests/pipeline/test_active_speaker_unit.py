@@ -99,3 +99,56 @@ def test_pool_time_keeps_short_sequences_and_averages_long_ones():
     assert pool_time(x, 10) is x
     pooled = pool_time(x, 4)
     assert pooled.shape == (4, 1) and pooled[0, 0] == 1.0
+
+
+def _random_tracks(rng, count: int, duration: float):
+    from extractors.contracts import FaceDetection, FaceTrack
+
+    tracks = []
+    for i in range(count):
+        start = float(rng.uniform(0, duration))
+        times = start + np.cumsum(rng.uniform(0.1, 0.8, size=int(rng.integers(1, 12))))
+        tracks.append(FaceTrack(f"T{i}", 0, [FaceDetection(float(t), (t, 0.0, t + 10, 10.0), 1.0, np.zeros((5, 2), np.float32))
+                                            for t in times]))
+    return tracks
+
+
+def test_track_sweep_gives_every_live_face_and_only_those():
+    """Against the plain scan over every track (what each frame did before): same faces at every time,
+    also when times go back (a new window of the speaking stage) or repeat."""
+    from extractors.active_speaker import TRACK_EDGE_S, TrackSweep, interpolate_detection
+
+    rng = np.random.default_rng(3)
+    tracks = _random_tracks(rng, 300, 60.0)
+    sweep = TrackSweep(tracks)
+    times = [*np.arange(0, 40, 0.04), *np.arange(10, 70, 0.04), 70.0, 70.0]
+    for t in times:
+        expected = {track.id: interpolate_detection(track, t) for track in tracks
+                    if track.detections[0].t - TRACK_EDGE_S <= t <= track.detections[-1].t + TRACK_EDGE_S}
+        expected = {k: v for k, v in expected.items() if v is not None}
+        got = {track.id: face for track, face in sweep.faces_at(float(t))}
+        assert got.keys() == expected.keys(), t
+        assert all(got[k].box == expected[k].box for k in got)
+
+
+def test_series_by_segment_matches_the_scan_over_every_track():
+    from extractors.active_speaker import series_by_segment
+
+    rng = np.random.default_rng(4)
+    times = np.arange(0, 60, 0.04)
+    samples = [(float(t), {f"T{k}": float(rng.random()) for k in range(40) if rng.random() < 0.1 + 0.02 * (k % 5)})
+               for t in times]
+    segments = [SpeechSegment(f"S{i}", float(a), float(a + rng.uniform(0.5, 5)), "x", []) for i, a in
+                enumerate(rng.uniform(0, 58, size=30))]
+    got_times, got = series_by_segment(samples, segments, 0.4, 20)
+    for segment in segments:
+        inside = [i for i, t in enumerate(times) if segment.start - 0.4 <= t < segment.end + 0.4]
+        np.testing.assert_array_equal(got_times[segment.id], times[inside])
+        for k in range(40):
+            values = np.array([samples[i][1].get(f"T{k}", np.nan) for i in inside])
+            key = (segment.id, f"T{k}")
+            if np.isfinite(values).sum() >= 20:
+                np.testing.assert_array_equal(got[key], values)
+            else:
+                assert key not in got
+    assert len(got) > 10
