@@ -10,7 +10,7 @@ written into `--workdir` (never the repository). Every (stage, length) runs in a
 size (`resource.getrusage(RUSAGE_SELF).ru_maxrss`) after running the stage, so imports, models and the
 stage's own input (the decoded audio for the audio stages) are counted, as they would be in a pipeline
 process. Stages: audio load; VAD; ASR (VAD + faster-whisper tiny.en); diarization (VAD + resemblyzer);
-acoustic features (decode + 47-d frames + per-turn spans over 5 s turns); text features (MiniLM token
+acoustic features (decode + 47-d librosa frames, or `acoustic-whisper`: the default checkpoint's 384-d whisper states, + per-turn spans over 5 s turns); text features (MiniLM token
 embeddings of one transcript sentence per 4 s, no audio); visual pass (`extract_visual`). The target:
 peak memory flat in the length, under 2.5 GB at 60 minutes.
 """
@@ -32,7 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from machine import cpu_model  # noqa: E402  (benchmarks/machine.py, beside this script)
 
-STAGES = ("audio-load", "vad", "asr", "diarization", "acoustic", "text", "visual")
+STAGES = ("audio-load", "vad", "asr", "diarization", "acoustic", "acoustic-whisper", "text", "visual")
 TARGET_GB = 2.5
 SENTENCE = ("And so my fellow Americans, ask not what your country can do for you, "
             "ask what you can do for your country.")
@@ -71,11 +71,16 @@ def run_stage(stage: str, path: Path) -> dict:
     audio = load_audio(path)
     if stage == "audio-load":
         return {"output": f"{len(audio) / 16000:.0f} s of audio, {audio.nbytes / 1e6:.0f} MB"}
-    if stage == "acoustic":
-        from extractors.acoustic_features import AcousticFeatureExtractor
+    if stage in ("acoustic", "acoustic-whisper"):
+        from extractors.acoustic_features import (
+            DEFAULT_WHISPER_BLOCKS,
+            AcousticFeatureExtractor,
+            WhisperEncoderFeatures,
+        )
         from extractors.contracts import SpeakerTurn
 
-        extractor = AcousticFeatureExtractor()
+        extractor = (AcousticFeatureExtractor() if stage == "acoustic"
+                     else WhisperEncoderFeatures(blocks=DEFAULT_WHISPER_BLOCKS, device="cpu"))
         frames = extractor.frames(audio)
         seconds = len(audio) / 16000
         turns = [SpeakerTurn(t, min(seconds, t + 5.0), f"SPK{int(t // 5) % 2}") for t in np.arange(0, seconds, 5.0)]

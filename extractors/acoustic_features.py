@@ -215,12 +215,15 @@ class WhisperEncoderFeatures:
         """[T, dim] float32, state t centred at (t + 0.5) / 50 s."""
         audio = np.asarray(audio, dtype=np.float32).reshape(-1)
         chunk = self._chunk_s * SAMPLE_RATE
-        pieces = []
-        for first in range(0, len(audio), chunk):
+        per_chunk = int(self._chunk_s * self.frame_rate)                     # 1500 states per full chunk
+        full, rest = divmod(len(audio), chunk)
+        total = full * per_chunk + int(np.ceil(rest / SAMPLE_RATE * self.frame_rate))
+        out = np.empty((total, self.dim), np.float32)   # filled in place: one copy of the states (4.6 MB a minute)
+        for index, first in enumerate(range(0, len(audio), chunk)):
             part = audio[first: first + chunk]
             states = int(np.ceil(len(part) / SAMPLE_RATE * self.frame_rate))
-            pieces.append(self._encode(part)[:states])
-        return np.concatenate(pieces).astype(np.float32) if pieces else np.zeros((0, self.dim), np.float32)
+            out[index * per_chunk: index * per_chunk + states] = self._encode(part)[:states]
+        return out
 
     def speaker_span(
         self, frames: np.ndarray, turns: list[SpeakerTurn], speaker: str, start: float, end: float
