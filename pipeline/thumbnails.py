@@ -27,11 +27,13 @@ def best_face(visual, character) -> tuple[float, tuple[float, float, float, floa
 
 
 def write_thumbnails(video: Path, visual, folder: Path, size: int = 160, margin: float = 0.3,
-                     seek_gap_s: float = 20.0) -> dict[str, dict]:
+                     seek_gap_s: float = 3.0) -> dict[str, dict]:
     """character id -> {"t", "box", "file"} (file relative to the timeline's folder).
 
-    The faces are read in time order in one decoding pass that seeks only across gaps over ``seek_gap_s``:
-    a seek per character costs a decode from the previous keyframe, and an hour holds hundreds of characters.
+    The faces are read in time order, decoding on across gaps up to ``seek_gap_s`` and seeking across longer
+    ones: a seek costs a decode from the previous keyframe, decoding on costs every frame's RGB conversion.
+    For the 108 characters of the 10-minute benchmark montage: 15.7 s with a seek per face, 9.7 s at 3 s,
+    18.3 s at 20 s.
     """
     out: dict[str, dict] = {}
     wanted = []   # (t, box, character id), in time order
