@@ -32,10 +32,9 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from machine import cpu_model  # noqa: E402  (benchmarks/machine.py, beside this script)
 
-SHARED = Path(os.environ.get("RAMER_SHARED_DIR", ROOT.parent / "shared"))
 CACHE = Path(os.environ.get("RAMER_CACHE_DIR", Path.home() / ".cache" / "ramer-timelines"))
+# label index order of the cached features (the clips and their labels: default_model_features.ravdess_files)
 LABELS = ("neutral", "joy", "sadness", "anger", "fear", "disgust", "surprise")
-RAVDESS_CODES = {"01": 0, "02": 0, "03": 1, "04": 2, "05": 3, "06": 4, "07": 5, "08": 6}   # 02 calm -> neutral
 TRAIN, VALID = range(1, 15), range(15, 19)
 
 
@@ -60,14 +59,15 @@ def extract(model: str, out: Path) -> None:
     for k, block in enumerate(whole.encoder.blocks):   # block k's output = WhisperEncoderFeatures(blocks=k + 1)
         block.register_forward_hook(lambda module, args, output, k=k: caught.__setitem__(k + 1, output[0]))
     librosa_features, vad = AcousticFeatureExtractor(), VoiceActivityDetector()
-    files = sorted((SHARED / "data" / "ravdess_speech").glob("Actor_*/03-01-*.flac"))
+    from default_model_features import ravdess_files  # the same clips and labels as the default model
+
+    files = ravdess_files()
     columns: dict[str, list[np.ndarray]] = {}
     labels, actors = [], []
     started = time.perf_counter()
-    for count, path in enumerate(files):
-        parts = path.stem.split("-")
-        labels.append(RAVDESS_CODES[parts[2]])
-        actors.append(int(parts[6]))
+    for count, (_, path, label, actor) in enumerate(files):
+        labels.append(LABELS.index(label))
+        actors.append(int(actor))
         audio = load_audio(path)
         duration = len(audio) / SAMPLE_RATE
         turns = [SpeakerTurn(r.start, r.end, "S") for r in vad.detect(audio)] or [SpeakerTurn(0.0, duration, "S")]
