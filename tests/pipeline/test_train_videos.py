@@ -314,3 +314,26 @@ def test_the_speaker_is_the_attributed_face_else_the_only_or_dominant_one():
     assert choose_speaker(_Visual({"C0": (8, 200.0), "C1": (2, 50.0)}), [], 0.0, 2.0) == \
         ("C0", "dominant face on screen")
     assert "no face on screen" in choose_speaker(two, said, 5.0, 6.0)
+
+
+def test_features_for_a_checkpoint_reading_other_acoustic_features_are_refused(setup, runner, tmp_path):
+    """A checkpoint trained on whisper states after another number of blocks cannot take what the
+    pipeline would extract: refused before anything is extracted or stored."""
+    from types import SimpleNamespace
+
+    from pipeline.errors import UserError
+
+    args = _corpus_args(setup)
+    args.features = tmp_path / "features"          # an empty store: extraction would be needed
+    annotations = corpus_module.read_corpus(args, tuple(runner.scorer.labels))
+    other = SimpleNamespace(acoustic_kind="whisper", acoustic_whisper_blocks=(runner.scorer.acoustic_whisper_blocks or 0) + 1)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(corpus_module, "build_runner", lambda config, checkpoint, device: runner)
+        with pytest.raises(UserError, match="acoustic features; the checkpoint reads whisper"):
+            corpus_module.corpus_features(args, annotations, None, other)
+    assert not any(p.is_file() for p in args.features.rglob("*"))
+    # the same choice as the pipeline's: extracted (the store fills)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(corpus_module, "build_runner", lambda config, checkpoint, device: runner)
+        features, _ = corpus_module.corpus_features(args, annotations, None, runner.scorer)
+    assert features
