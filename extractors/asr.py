@@ -373,22 +373,32 @@ class SpeechRecognizer:
                 if progress is not None:
                     progress((index + fraction) / len(windows))
 
-            raw_window, window_language = self._decode_window(audio, regions[first:last], duration,
+            # Padding never reaches past the middle of the silence between two windows: no audio is
+            # decoded twice, so no word comes out twice.
+            low = 0.0 if first == 0 else (regions[first - 1].end + regions[first].start) / 2
+            high = duration if last == len(regions) else (regions[last - 1].end + regions[last].start) / 2
+            raw_window, window_language = self._decode_window(audio, regions[first:last], duration, (low, high),
                                                               whole=len(windows) == 1, progress=window_progress)
             raw.extend(raw_window)
             language = language or window_language
         return place_in_speech(raw, allowed, cfg.join_gap_s, language)
 
-    def _decode_window(self, audio: np.ndarray, regions: list[SpeechRegion], duration: float, whole: bool,
-                       progress: Callable[[float], None]) -> tuple[list[_RawSegment], str]:
-        """Raw segments (source times) of the speech regions of one window."""
+    def _decode_window(self, audio: np.ndarray, regions: list[SpeechRegion], duration: float,
+                       bounds: tuple[float, float], whole: bool, progress: Callable[[float], None]
+                       ) -> tuple[list[_RawSegment], str]:
+        """Raw segments (source times) of the speech regions of one window, decoded inside ``bounds``."""
         cfg = self.config
-        allowed = padded_regions(regions, duration, cfg.region_pad_s)
+        low, high = bounds
+
+        def inside(spans: list[SpeechRegion]) -> list[SpeechRegion]:
+            return [SpeechRegion(max(r.start, low), min(r.end, high)) for r in spans]
+
+        allowed = inside(padded_regions(regions, duration, cfg.region_pad_s))
         if cfg.decode == "joined":
             timeline = _JoinedTimeline(audio, allowed, cfg.gap_s)
             raw, language = self._backend.transcribe(timeline.audio, None, progress)
             return timeline.segments_to_source(raw), language
-        clips = speech_clips(regions, duration, cfg.region_pad_s, cfg.join_gap_s)
+        clips = inside(speech_clips(regions, duration, cfg.region_pad_s, cfg.join_gap_s))
         log.debug("ASR: %d clips, %.1f s of %.1f s", len(clips), sum(c.duration for c in clips), duration)
         if whole:   # one window: the decoder sees the file as it is
             return self._backend.transcribe(audio, clips, progress)

@@ -296,3 +296,28 @@ def test_long_audio_decoded_in_windows_gives_the_same_words_at_the_same_times(jf
     check_inside_speech(two, regions, windowed.config.region_pad_s, windowed.config.join_gap_s)
     second_americans = [w for w in words_two if w[0] == "americans"][1]
     assert 31.0 + 1.2 < second_americans[1] < 31.0 + 2.4
+
+
+def test_windows_cut_in_a_short_silence_decode_no_audio_twice(jfk):
+    """Padding (0.2 s a side) would make two windows cut in a 0.2 s pause share 0.2 s of audio: the words
+    there would come out twice. Each window's clips stop at the middle of the pause."""
+    from extractors.asr import speech_clips
+    from extractors.vad import SpeechRegion
+
+    regions = [SpeechRegion(0.322, 2.27), SpeechRegion(3.266, 4.446), SpeechRegion(5.378, 6.4),
+               SpeechRegion(6.6, 7.678), SpeechRegion(8.162, 10.622)]
+    recognizer = SpeechRecognizer(AsrConfig(decode="in_place", window_s=7.0))   # the first cut: the 0.2 s pause
+    decoded = []   # seconds of clips handed to the decoder, per call
+    backend_transcribe = recognizer._backend.transcribe
+    recognizer._backend.transcribe = lambda a, clips, *rest: (
+        decoded.append(sum(c.end - c.start for c in clips)) or backend_transcribe(a, clips, *rest))
+    from extractors.asr import decode_windows
+
+    assert decode_windows(regions, len(jfk) / SAMPLE_RATE, 7.0)[0] == (0, 3)
+    segments = recognizer.transcribe(jfk, regions)
+    assert len(decoded) >= 2
+    # the clips of one decode of the whole file cover each second once
+    once = sum(c.end - c.start for c in speech_clips(regions, len(jfk) / SAMPLE_RATE, 0.2, 1.0))
+    assert sum(decoded) <= once + 1e-3, (decoded, once)
+    words = [normalize(w.text) for s in segments for w in s.words]
+    assert wer(JFK, " ".join(words)) <= 0.25, words
