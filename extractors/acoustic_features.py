@@ -164,7 +164,7 @@ class WhisperEncoderFeatures:
     384-d, 4 blocks), run over 30 s chunks, stopped after ``blocks`` transformer blocks. The early blocks
     carry more of how something is said than the last one, which is shaped for the decoder's words: on
     RAVDESS with actors held out, a logistic regression on pooled states reaches 0.70-0.75 unweighted
-    accuracy after 1-2 blocks, 0.64-0.68 after 3-4 and 0.45 on the librosa set
+    accuracy after 1-2 blocks, 0.64-0.69 after 3-4 and 0.45 on the librosa set
     (``benchmarks/acoustic_layers.py``). ``blocks = None`` runs the whole encoder, ``ln_post`` included.
     """
 
