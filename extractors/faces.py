@@ -1,9 +1,10 @@
 """Face detection with 5 landmarks: MTCNN with the weights facenet-pytorch ships.
 
 Frames are downscaled before detection (the cost of MTCNN grows with the pixel count) and the boxes and
-landmarks are mapped back to source pixels. facenet-pytorch imports torchvision for ``batched_nms`` and
-``to_tensor``; where torchvision cannot be imported (a CPU-only torch with a CUDA torchvision wheel), its
-modules are imported behind a temporary stand-in that is removed again, and NMS runs in pure torch/numpy.
+landmarks are mapped back to source pixels. The cascade itself is :mod:`extractors.mtcnn` (OpenCV
+resampling and NMS around facenet-pytorch's nets). facenet-pytorch's package imports torchvision; where
+torchvision cannot be imported (a CPU-only torch with a CUDA torchvision wheel), its modules are imported
+behind a temporary stand-in that is removed again (only the nets' classes are used).
 """
 
 from __future__ import annotations
@@ -23,52 +24,9 @@ import torch
 from extractors.contracts import FaceDetection
 from extractors.errors import ModelNotFoundError
 from extractors.model_store import resolve_model
+from extractors.mtcnn import CascadeOutput, MtcnnCascade
 
 log = logging.getLogger(__name__)
-
-
-# ---------------------------------------------------------------------------------------------- NMS
-
-
-def nms(boxes: torch.Tensor, scores: torch.Tensor, iou_threshold: float) -> torch.Tensor:
-    """Greedy non-maximum suppression with torchvision's semantics (areas without +1, drop IoU > thr).
-
-    boxes: [N, 4] x1, y1, x2, y2; scores: [N]. Returns the kept indices, highest score first.
-    """
-    if boxes.numel() == 0:
-        return torch.zeros(0, dtype=torch.long, device=boxes.device)
-    b = boxes.detach().cpu().double().numpy()
-    order = np.argsort(-scores.detach().cpu().double().numpy(), kind="stable")
-    areas = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
-    keep = []
-    while order.size:
-        i = order[0]
-        keep.append(i)
-        rest = order[1:]
-        w = np.clip(np.minimum(b[i, 2], b[rest, 2]) - np.maximum(b[i, 0], b[rest, 0]), 0, None)
-        h = np.clip(np.minimum(b[i, 3], b[rest, 3]) - np.maximum(b[i, 1], b[rest, 1]), 0, None)
-        inter = w * h
-        iou = inter / np.maximum(areas[i] + areas[rest] - inter, 1e-12)
-        order = rest[iou <= iou_threshold]
-    return torch.as_tensor(np.array(keep, dtype=np.int64), device=boxes.device)
-
-
-def batched_nms(boxes: torch.Tensor, scores: torch.Tensor, idxs: torch.Tensor, iou_threshold: float) -> torch.Tensor:
-    """NMS within each group ``idxs``, as torchvision.ops.batched_nms: kept indices, highest score first.
-
-    Each group (MTCNN: each image of a batch) is suppressed on its own. torchvision's coordinate-offset
-    trick gives the same boxes, but its greedy loop compares every kept box with every group's boxes:
-    1.7x slower on a batch of 8 frames.
-    """
-    if boxes.numel() == 0:
-        return torch.zeros(0, dtype=torch.long, device=boxes.device)
-    groups = idxs.detach().cpu().numpy()
-    kept = []
-    for group in np.unique(groups):
-        members = torch.as_tensor(np.flatnonzero(groups == group), device=boxes.device)
-        kept.append(members[nms(boxes[members], scores[members], iou_threshold)])
-    keep = torch.cat(kept)
-    return keep[torch.argsort(-scores[keep], stable=True)]
 
 
 # ----------------------------------------------------------------- facenet-pytorch without torchvision
@@ -86,7 +44,7 @@ def torchvision_available() -> bool:
 
             _TORCHVISION_OK = True
         except Exception as error:  # a CUDA wheel on a CPU torch fails in many ways
-            log.info("torchvision unusable (%s); using the pure-torch NMS", str(error).splitlines()[0][:120])
+            log.info("torchvision unusable (%s); importing facenet-pytorch behind a stand-in", str(error).splitlines()[0][:120])
             for name in set(sys.modules) - before:
                 if name == "torchvision" or name.startswith("torchvision."):
                     del sys.modules[name]
@@ -120,7 +78,7 @@ def import_facenet() -> types.ModuleType:
         }
         stand_ins["torchvision.transforms.functional"].to_tensor = _to_tensor
         stand_ins["torchvision.transforms"].functional = stand_ins["torchvision.transforms.functional"]
-        stand_ins["torchvision.ops.boxes"].batched_nms = batched_nms
+        stand_ins["torchvision.ops.boxes"].batched_nms = _unused_batched_nms
         stand_ins["torchvision.ops"].boxes = stand_ins["torchvision.ops.boxes"]
         sys.modules.update(stand_ins)
         try:
@@ -134,9 +92,11 @@ def import_facenet() -> types.ModuleType:
             for key in stand_ins:
                 if sys.modules.get(key) is stand_ins[key]:
                     del sys.modules[key]
-    if not torchvision_available():
-        module.batched_nms = batched_nms
     return module
+
+
+def _unused_batched_nms(*args, **kwargs):
+    raise NotImplementedError("facenet-pytorch's detect_face is not used here: see extractors.mtcnn")
 
 
 # --------------------------------------------------------------------------------------- detector
@@ -160,7 +120,7 @@ class FaceDetector:
         self.config = config or FaceDetectorConfig()
         self.device = torch.device(self.config.device or ("cuda" if torch.cuda.is_available() else "cpu"))
         folder = resolve_model("mtcnn", weights)
-        self._detect_face = import_facenet()
+        import_facenet()   # facenet_pytorch's package import needs torchvision or the temporary stand-in
         from facenet_pytorch.models.mtcnn import ONet, PNet, RNet
 
         self.nets = []
@@ -170,8 +130,10 @@ class FaceDetector:
             if not path.is_file():
                 raise ModelNotFoundError(f"MTCNN weights {path} missing; pip install --no-deps facenet-pytorch==2.6.0")
             net.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
-            # channels-last: the layout detect_face's NHWC frames already have; 1.5x faster convolutions on CPU.
+            # channels-last: the layout the cascade's NHWC arrays already have; 1.5-4x faster convolutions on CPU.
             self.nets.append(net.to(self.device, memory_format=torch.channels_last).eval())
+        self.cascade = MtcnnCascade(*self.nets, thresholds=self.config.thresholds, factor=self.config.factor,
+                                    min_face_size=self.config.min_face_size, device=self.device)
 
     def _scale(self, height: int, width: int) -> float:
         longest = max(height, width)
@@ -179,7 +141,14 @@ class FaceDetector:
             return 1.0
         return self.config.max_side / longest
 
-    @torch.inference_mode()
+    def _downscaled(self, images: Sequence[np.ndarray]) -> tuple[np.ndarray, float]:
+        height, width = images[0].shape[:2]
+        scale = self._scale(height, width)
+        if scale == 1.0:
+            return np.stack(images), scale
+        size = (max(1, round(width * scale)), max(1, round(height * scale)))
+        return np.stack([cv2.resize(img, size, interpolation=cv2.INTER_AREA) for img in images]), scale
+
     def detect(self, images: Sequence[np.ndarray], times: Sequence[float]) -> list[list[FaceDetection]]:
         """Faces in each image ([H, W, 3] uint8 RGB, all the same size), sorted by score."""
         if len(images) != len(times):
@@ -187,29 +156,39 @@ class FaceDetector:
         results: list[list[FaceDetection]] = []
         for start in range(0, len(images), self.config.batch_size):
             chunk = images[start : start + self.config.batch_size]
+            small, scale = self._downscaled(chunk)
             height, width = chunk[0].shape[:2]
-            scale = self._scale(height, width)
-            if scale != 1.0:
-                size = (max(1, round(width * scale)), max(1, round(height * scale)))
-                small = np.stack([cv2.resize(img, size, interpolation=cv2.INTER_AREA) for img in chunk])
-            else:
-                small = np.stack(chunk)
-            pnet, rnet, onet = self.nets
-            batch_boxes, batch_points = self._detect_face.detect_face(
-                small, self.config.min_face_size, pnet, rnet, onet,
-                list(self.config.thresholds), self.config.factor, self.device,
-            )
-            for offset, (boxes, points) in enumerate(zip(batch_boxes, batch_points, strict=True)):
-                results.append(
-                    self._to_detections(np.asarray(boxes, dtype=np.float64).reshape(-1, 5),
-                                        np.asarray(points, dtype=np.float64).reshape(-1, 5, 2),
-                                        1.0 / scale, times[start + offset], width, height)
-                )
+            for offset, found in enumerate(self.cascade.detect(small)):
+                results.append(self._to_detections(found, 1.0 / scale, times[start + offset], width, height))
         return results
 
-    def _to_detections(self, boxes, points, inverse_scale, t, width, height) -> list[FaceDetection]:
+    def verify(self, image: np.ndarray, t: float, prior: Sequence[FaceDetection]) -> list[FaceDetection]:
+        """The faces of ``prior`` (found a moment earlier) re-measured in ``image`` by O-Net alone.
+
+        A face still about where it was comes back with its new box, landmarks and score; one that left
+        or turned away fails the O-Net and min-score tests. New faces are not searched for.
+        """
+        if not prior:
+            return []
+        small, scale = self._downscaled([image])
+        boxes = np.array([d.box for d in prior], dtype=np.float32) * scale
+        found = self.cascade.verify(small, [boxes])[0]
+        return self._to_detections(found, 1.0 / scale, t, image.shape[1], image.shape[0])
+
+    def follow(self, image: np.ndarray, t: float, prior: Sequence[FaceDetection]) -> list[FaceDetection]:
+        """:meth:`verify`, falling back to a full search of the frame when any face of ``prior`` is lost.
+
+        A lost face has moved too far for its old box (a crowd walking past, a pan), turned, or left: the
+        search then finds wherever it went. Only faces appearing where none was are left for the next search.
+        """
+        kept = self.verify(image, t, prior)
+        if len(kept) < len(prior):
+            return self.detect([image], [t])[0]
+        return kept
+
+    def _to_detections(self, faces: CascadeOutput, inverse_scale, t, width, height) -> list[FaceDetection]:
         found = []
-        for box, landmarks in zip(boxes, points, strict=True):
+        for box, landmarks in zip(faces.boxes.astype(np.float64), faces.points.astype(np.float64), strict=True):
             score = float(box[4])
             if score < self.config.min_score:
                 continue

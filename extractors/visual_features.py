@@ -93,6 +93,11 @@ def landmark_geometry(detection: FaceDetection, frame_height: int) -> np.ndarray
 class VisualConfig:
     analysis_fps: float = DEFAULT_ANALYSIS_FPS   # frames looked at per second of video
     detector: FaceDetectorConfig = field(default_factory=FaceDetectorConfig)
+    # Analysed frames per full MTCNN search (the image pyramid) within a shot; on the frames between, the
+    # faces of the frame before are re-measured by O-Net alone (box, landmarks, score: a face that left
+    # fails). A cut always gets a search; a face that appears mid-shot is found at most this many frames
+    # late. 1: search every frame. See benchmarks/results/visual_speed.md for its cost and recall.
+    full_detection_every: int = 2
     shots: ShotDetectorConfig = field(default_factory=ShotDetectorConfig)
     tracker: TrackerConfig = field(default_factory=TrackerConfig)
     chips_per_track: int = 3                    # faces embedded per track for identity, >= 1 s apart (about 70 ms
@@ -111,6 +116,24 @@ class VisualConfig:
     # tensors fragment glibc's heap; on 10 minutes of video (2 cores) the pass peaked at 1447 MB / 308 s
     # without, 1413 MB / 321 s every 16 batches, 1088 MB / 373 s after every batch (and 846 MB at 1 minute).
     trim_heap_every: int = 1
+
+
+class FullSearchSchedule:
+    """Which analysed frames get a full face search: every ``every``-th of a shot, and each shot's first."""
+
+    def __init__(self, every: int):
+        if every < 1:
+            raise ValueError("full_detection_every must be at least 1")
+        self.every = every
+        self._shot: int | None = None
+        self._since = 0
+
+    def due(self, shot: int) -> bool:
+        if shot != self._shot or self._since + 1 >= self.every:
+            self._shot, self._since = shot, 0
+            return True
+        self._since += 1
+        return False
 
 
 STAGES = ("decode", "shots", "detection", "tracking", "embedding", "expression", "mesh", "clustering")
@@ -240,18 +263,28 @@ class VisualExtractor:
             seconds["embedding"] += time.perf_counter() - started
 
         batches_done = [0]
+        search = FullSearchSchedule(cfg.full_detection_every)
+        previous_faces: list[list[FaceDetection]] = [[]]
 
         def process(batch) -> None:
             started = time.perf_counter()
-            detections = self.detector.detect([f.image for f in batch], [f.t for f in batch])
+            shot_of = [shots.update(frame.t, frame.image) for frame in batch]
+            seconds["shots"] += time.perf_counter() - started
+            started = time.perf_counter()
+            searched = [i for i, shot in enumerate(shot_of) if search.due(shot)]
+            detections: list[list[FaceDetection] | None] = [None] * len(batch)
+            for i, found in zip(searched, self.detector.detect([batch[i].image for i in searched],
+                                                                [batch[i].t for i in searched]), strict=True):
+                detections[i] = found
+            for i, frame in enumerate(batch):   # between searches: the faces of the frame before, re-measured
+                if detections[i] is None:
+                    detections[i] = self.detector.follow(frame.image, frame.t, previous_faces[0])
+                previous_faces[0] = detections[i]
             batches_done[0] += 1
             if cfg.trim_heap_every and batches_done[0] % cfg.trim_heap_every == 0:  # see VisualConfig
                 return_freed_memory()
             seconds["detection"] += time.perf_counter() - started
-            for frame, found in zip(batch, detections, strict=True):
-                started = time.perf_counter()
-                shot = shots.update(frame.t, frame.image)
-                seconds["shots"] += time.perf_counter() - started
+            for frame, shot, found in zip(batch, shot_of, detections, strict=True):
                 started = time.perf_counter()
                 track_ids = tracker.update(frame.t, shot, found, frame.image)
                 seconds["tracking"] += time.perf_counter() - started

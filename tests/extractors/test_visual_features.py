@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from fractions import Fraction
 
 import av
@@ -13,12 +14,15 @@ import torch
 from extractors.contracts import FaceDetection
 from extractors.expression import fer_face_crop
 from extractors.media import iter_frames
+from extractors.tracking import box_iou
 from extractors.visual_features import (
     D_EXPRESSION,
     D_VISUAL,
     GEOMETRY_NAMES,
     MESH_COLUMNS,
     VISUAL_FEATURE_NAMES,
+    FullSearchSchedule,
+    VisualExtractor,
     face_feature_vector,
     landmark_geometry,
 )
@@ -150,12 +154,15 @@ def test_4k_frames_are_detected_in_small_batches(extractor, media_dir, tmp_path,
     # A face in the middle of a 3840x2160 frame: detection batches are capped by pixels (2 frames at 4K,
     # not 8), features come out for every frame, boxes in 4K pixels.
     path = _clip_from(media_dir / "retalking_face1.mp4", tmp_path / "uhd.mp4", 4, 1.5, canvas=(3840, 2160))
-    batches = []
+    batches, followed = [], []
     monkeypatch.setattr(extractor.detector, "detect", lambda images, times, _d=extractor.detector.detect:
                         batches.append(len(images)) or _d(images, times))
+    monkeypatch.setattr(extractor.detector, "follow", lambda image, t, prior, _f=extractor.detector.follow:
+                        followed.append(t) or _f(image, t, prior))
     result = extractor(path)
     assert result.info.width == 3840 and result.frames_analysed == 6
-    assert max(batches) <= 2 and sum(batches) == 6
+    # Searched frames go in batches of at most 2; the others are followed one at a time.
+    assert max(batches) <= 2 and sum(batches) + len(followed) == 6 and len(followed) == 3
     assert len(result.tracks) == 1
     track = result.tracks[0]
     assert len(track.detections) == 6 and result.features[track.id].shape == (6, D_VISUAL)
@@ -202,3 +209,37 @@ def test_heap_is_trimmed_every_so_many_detector_batches(extractor, media_dir, tm
     result = extractor(path)
     assert result.frames_analysed == 6
     assert len(trims) == expected
+
+
+def test_full_search_schedule_searches_every_nth_frame_and_at_every_cut():
+    schedule = FullSearchSchedule(2)
+    assert [schedule.due(shot) for shot in (0, 0, 0, 0, 1, 1, 1, 2, 3, 3)] == [
+        True, False, True, False, True, False, True, True, True, False]
+    assert all(FullSearchSchedule(1).due(0) for _ in range(3))
+    with pytest.raises(ValueError):
+        FullSearchSchedule(0)
+
+
+def test_faces_between_searches_are_followed_and_cuts_are_searched(extractor, media_dir, tmp_path, monkeypatch):
+    """A montage of five people (a cut every 1.5 s): searching every second frame finds what searching every
+    frame finds (the same tracks, starting at each cut), with the pyramid run on about half the frames."""
+    from tests.extractors import edited_media as em
+
+    path = em.write_edit(em.montage(0.0), media_dir, tmp_path / "montage.mp4")
+    searched = []
+    search = extractor.detector.cascade.detect
+    monkeypatch.setattr(extractor.detector.cascade, "detect", lambda frames: searched.append(len(frames)) or search(frames))
+    every_frame = VisualExtractor(replace(extractor.config, full_detection_every=1), models=None)
+    reference = every_frame(path)
+    followed = extractor(path)
+    assert extractor.config.full_detection_every == 2
+    assert len(followed.shots) == len(reference.shots) == 5
+    assert [(t.shot, [round(d.t, 3) for d in t.detections]) for t in followed.tracks] == \
+        [(t.shot, [round(d.t, 3) for d in t.detections]) for t in reference.tracks]
+    for shot in followed.shots:   # each shot's face is found at its first analysed frame
+        assert any(abs(t.detections[0].t - shot.start) < 1e-6 for t in followed.tracks if t.shot == shot.index)
+    for mine, theirs in zip(followed.tracks, reference.tracks, strict=True):
+        iou = [box_iou(np.array(a.box), np.array(b.box))[0, 0] for a, b in zip(mine.detections, theirs.detections, strict=True)]
+        assert min(iou) > 0.8
+    assert sum(searched) <= 0.6 * followed.frames_analysed
+    assert len(followed.characters) == len(reference.characters) == 5
