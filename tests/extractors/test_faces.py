@@ -105,7 +105,7 @@ def _reference_detect(images: np.ndarray, detector: FaceDetector) -> list[np.nda
         return torch.as_tensor(keep[np.argsort(-table[keep, 4], kind="stable")])
 
     cfg = detector.config
-    original = getattr(reference, "batched_nms")
+    original = reference.batched_nms
     reference.batched_nms = batched_nms
     try:
         with torch.inference_mode():
