@@ -1,7 +1,8 @@
 """Whole-pipeline time over video duration, time per stage and peak memory of ``pipeline run``.
 
     .venv/bin/python benchmarks/pipeline_run.py [--minutes 0 10 60] [--runs 3] [--device cpu|cuda]
-        [--shared ../shared] [--workdir /tmp/ramer-pipeline] [--out benchmarks/results/pipeline_run.md]
+        [--audio beside after] [--shared ../shared] [--workdir /tmp/ramer-pipeline]
+        [--out benchmarks/results/pipeline_run.md]
 
 Inputs: ``visualvoice_interview.mp4`` itself (``0`` = the 17.5 s clip), and 10 and 60 minutes of the
 ``--input`` kind of benchmarks/long_input.py (``montage``, the default: pieces of the shared clips in a
@@ -11,6 +12,11 @@ checkpoint, which reports its own peak resident set size (``ru_maxrss``), so mod
 every stage count, as for a user. The interview gets ``--runs`` runs (median quoted); longer inputs run
 once each (say so beside the numbers). Targets (issue 10): at most 0.5 x the video's duration on two
 cores; peak memory flat in length, under 3 GB at 60 minutes.
+
+``--audio``: ``beside`` is the default configuration (VAD, ASR and acoustic features in a second thread
+while the visual pass runs, ``parallel_audio: true``), ``after`` runs every stage one after the other.
+Given both, the two alternate run by run on each input, so they are compared side by side in one run.
+In ``beside`` runs the per-stage seconds of visual and of the audio chain overlap in time.
 """
 
 from __future__ import annotations
@@ -31,14 +37,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from memory import build_input, machine  # noqa: E402  (benchmarks/memory.py, beside this script)
 
 CLIP = "visualvoice_interview.mp4"
-STAGES = ("visual", "vad", "asr", "diarization", "speaking", "acoustic", "text", "scoring")
+STAGES = ("visual", "vad", "asr", "acoustic", "diarization", "speaking", "text", "scoring")
 
 
-def child(video: Path, out: Path, device: str) -> int:
+def child(video: Path, out: Path, device: str, audio: str) -> int:
+    from pipeline.config import PipelineConfig
     from pipeline.run import PipelineRunner
 
     start = time.perf_counter()
-    result = PipelineRunner(device=device).run(video, out, force=True)
+    config = PipelineConfig(parallel_audio=audio == "beside")
+    result = PipelineRunner(config, device=device).run(video, out, force=True)
     seconds = time.perf_counter() - start
     peak_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     print(json.dumps({"seconds": seconds, "duration": result.document["video"]["duration"],
@@ -49,8 +57,9 @@ def child(video: Path, out: Path, device: str) -> int:
     return 0
 
 
-def run_once(video: Path, out: Path, device: str) -> dict:
-    done = subprocess.run([sys.executable, __file__, "--child", str(video), str(out), "--device", device],
+def run_once(video: Path, out: Path, device: str, audio: str) -> dict:
+    done = subprocess.run([sys.executable, __file__, "--child", str(video), str(out), "--device", device,
+                           "--audio", audio],
                           capture_output=True, text=True, check=False)
     if done.returncode != 0:
         raise SystemExit(f"pipeline run failed on {video}:\n{done.stderr[-3000:]}")
@@ -66,43 +75,50 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/ramer-pipeline"))
     parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results" / "pipeline_run.md")
     parser.add_argument("--input", choices=("montage", "repeat"), default="montage")
+    parser.add_argument("--audio", nargs="+", choices=("beside", "after"), default=["beside"],
+                        help="audio stages beside the visual pass or after it; both: alternate, compared")
     parser.add_argument("--child", nargs=2, metavar=("VIDEO", "OUT"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
-        return child(Path(args.child[0]), Path(args.child[1]), args.device)
+        return child(Path(args.child[0]), Path(args.child[1]), args.device, args.audio[0])
 
     clip = args.shared / "media" / CLIP
     header = machine()
     rows, per_stage = [], []
     for minutes in args.minutes:
         video = clip if minutes == 0 else build_input(args.shared / "media", minutes, args.workdir, args.input)
-        runs = [run_once(video, args.workdir / f"out_{minutes:g}", args.device)
-                for _ in range(args.runs if minutes == 0 else 1)]
-        seconds = statistics.median(r["seconds"] for r in runs)
-        duration = runs[0]["duration"]
-        peak = max(r["peak_mb"] for r in runs)
-        label = f"{CLIP} ({duration:.1f} s)" if minutes == 0 else f"{minutes:g} min {args.input} ({duration:.0f} s)"
-        rows.append(f"| {label} | {len(runs)} | {seconds:.1f} | {seconds / duration:.3f} | {peak / 1024:.2f} | "
-                    f"{runs[0]['characters']} | {runs[0]['segments']} |")
-        stage_seconds = {s: statistics.median(r["stages"].get(s, 0.0) for r in runs) for s in STAGES}
-        per_stage.append(f"| {label} | " + " | ".join(f"{stage_seconds[s] / duration:.3f}" for s in STAGES) + " |")
-        print(rows[-1], flush=True)
+        by_mode: dict[str, list[dict]] = {mode: [] for mode in args.audio}
+        for _ in range(args.runs if minutes == 0 else 1):
+            for mode in args.audio:   # alternating, so a drift in the machine's speed hits both alike
+                by_mode[mode].append(run_once(video, args.workdir / f"out_{minutes:g}", args.device, mode))
+        for mode, runs in by_mode.items():
+            seconds = statistics.median(r["seconds"] for r in runs)
+            duration = runs[0]["duration"]
+            peak = max(r["peak_mb"] for r in runs)
+            label = f"{CLIP} ({duration:.1f} s)" if minutes == 0 else f"{minutes:g} min {args.input} ({duration:.0f} s)"
+            rows.append(f"| {label} | {mode} | {len(runs)} | {seconds:.1f} | {seconds / duration:.3f} | "
+                        f"{peak / 1024:.2f} | {runs[0]['characters']} | {runs[0]['segments']} |")
+            stage_seconds = {s: statistics.median(r["stages"].get(s, 0.0) for r in runs) for s in STAGES}
+            per_stage.append(f"| {label} | {mode} | "
+                             + " | ".join(f"{stage_seconds[s] / duration:.3f}" for s in STAGES) + " |")
+            print(rows[-1], flush=True)
     load_end = os.getloadavg()[0]
     text = "\n".join([
         "# `pipeline run`: time over duration and peak memory",
         "",
         f"Machine: {header}; at the end {load_end:.1f}. Device: {args.device}. Command: "
         f"`.venv/bin/python benchmarks/pipeline_run.py --minutes {' '.join(f'{m:g}' for m in args.minutes)} "
-        f"--runs {args.runs} --device {args.device} --input {args.input}`. Default configuration and checkpoint, `--force` (no cache).",
+        f"--runs {args.runs} --device {args.device} --input {args.input} --audio {' '.join(args.audio)}`. Default configuration and checkpoint, `--force` (no cache).",
         "",
-        "| input | runs | seconds (median) | x duration | peak RSS GiB | characters | segments |",
-        "|---|---|---|---|---|---|---|",
+        "| input | audio stages | runs | seconds (median) | x duration | peak RSS GiB | characters | segments |",
+        "|---|---|---|---|---|---|---|---|",
         *rows,
         "",
-        "Seconds per stage over the video's duration (median of the runs):",
+        "Seconds per stage over the video's duration (median of the runs; with the audio stages beside the "
+        "visual pass, visual and vad + asr + acoustic overlap in time):",
         "",
-        "| input | " + " | ".join(STAGES) + " |",
-        "|---|" + "---|" * len(STAGES),
+        "| input | audio stages | " + " | ".join(STAGES) + " |",
+        "|---|---|" + "---|" * len(STAGES),
         *per_stage,
         "",
         "Targets: at most 0.5 x duration on two cores; peak memory flat in length and under 3 GB at 60 minutes.",

@@ -67,6 +67,9 @@ class PipelineConfig(BaseModel):
     acoustic: AcousticConfig = Field(default_factory=AcousticConfig)
     text: TextConfig = Field(default_factory=TextConfig)
     moments: MomentConfig = Field(default_factory=MomentConfig)
+    # VAD, ASR and acoustic features in a second thread beside the visual pass, the cores split between
+    # them (ASR gets half, at least one). False: one stage after another, each with every core.
+    parallel_audio: bool = True
 
     @field_validator("models")
     @classmethod

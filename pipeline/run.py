@@ -5,11 +5,14 @@ Stages, each cached in ``OUT/.stages`` (see :mod:`pipeline.stage_cache`):
     visual       shots, face tracks, characters, per-face features          (extractors.visual_features)
     vad          speech regions                                              (extractors.vad)
     asr          segments with word times                                    (extractors.asr)
+    acoustic     frame-level acoustic features                               (extractors.acoustic_features)
     diarization  speaker turns; the number of characters seen is its prior   (extractors.diarization)
     speaking     which on-screen character says each segment                 (extractors.active_speaker)
-    acoustic     frame-level acoustic features                               (extractors.acoustic_features)
     text         token embeddings of every segment                           (extractors.text_features)
     scoring      RAMer on every (moment, character), characters of a moment scored together
+
+vad, asr and acoustic read only the audio, so they run in a second thread while the visual pass runs
+(``parallel_audio``; the cores are split between the two), and the later stages start when both are done.
 
 :class:`PipelineRunner` holds the configured stages (models load on first use and stay loaded, so a
 batch worker reuses them) and the RAMer checkpoint. Bad input is refused before anything is written;
@@ -23,11 +26,13 @@ import logging
 import math
 import os
 import shutil
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -132,6 +137,45 @@ def check_output(folder: Path) -> bool:
     return created
 
 
+class _Stopped(Exception):
+    """Raised in the side thread of :func:`run_beside` at its next progress report once the main work failed."""
+
+
+def run_beside(main: Callable[[], Any], side: Callable[[Progress], Any], report: Progress,
+               side_threads: int) -> tuple[Any, Any]:
+    """``main()`` in this thread and ``side(progress)`` in a worker thread at the same time: (both results).
+
+    The CPU is split: torch's intra-op thread count (one setting per process) is the cores left after
+    ``side_threads`` while both run, so neither oversubscribes the other (OpenMP threads that wait on
+    a busy core spin). When ``main`` fails, the side stops at its next progress report and is waited
+    for before the error goes on, so nothing is still writing into an output folder about to be removed.
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
+    from extractors.io import torch_threads
+
+    stop = threading.Event()
+
+    def progress(stage: str, fraction: float) -> None:
+        if stop.is_set():
+            raise _Stopped
+        report(stage, fraction)
+
+    cores = os.cpu_count() or 1
+    with torch_threads(max(1, cores - side_threads)), ThreadPoolExecutor(1, thread_name_prefix="side") as pool:
+        future = pool.submit(side, progress)
+        try:
+            result = main()
+        except BaseException:
+            stop.set()
+            try:
+                future.result()
+            except BaseException:  # noqa: BLE001  (the main failure is the one to report)
+                pass
+            raise
+        return result, future.result()
+
+
 class PipelineRunner:
     def __init__(self, config: PipelineConfig | None = None, checkpoint: str | os.PathLike | None = None,
                  device: str | None = None):
@@ -187,42 +231,79 @@ class PipelineRunner:
         def settings(name: str) -> dict:
             return asdict(getattr(cfg, name))
 
-        # --- visual --------------------------------------------------------------------------
+        # --- keys: visual and the audio chain (vad -> asr, acoustic) read only the input ------------
         cast_digest = file_sha256(cast) if cast else None
         visual_key = stage_key("visual", sha, {**settings("visual"), "cast": cast_digest},
                                self.stages.model_versions("visual"), [])
+        has_audio = info.has_audio
+        vad_key = stage_key("vad", sha, settings("vad"), self.stages.model_versions("vad"), [])
+        asr_key = stage_key("asr", sha, {**settings("asr"), "model": cfg.asr_model},
+                            self.stages.model_versions("asr"), [vad_key])
+        acoustic_kind = self.scorer.acoustic_kind   # the features the checkpoint was trained on
+        acoustic_stage = "acoustic" if acoustic_kind == "librosa" else "acoustic_whisper"
+        acoustic_key = stage_key("acoustic", sha, {**settings("acoustic"), "kind": acoustic_kind,
+                                                   "whisper_blocks": self.scorer.acoustic_whisper_blocks},
+                                 self.stages.model_versions(acoustic_stage), [vad_key])
 
         def compute_visual():
             result = self.stages.get("visual")(video, cast_file=cast,
                                                progress=lambda done, total: report("visual", done / max(total, 1e-9)))
             return result.serialize(), {f"features.{tid}": rows for tid, rows in result.features.items()}
 
+        def audio_chain(progress: Progress):
+            """vad -> asr, then acoustic frames: (regions, segments as ASR gave them, acoustic data, arrays)."""
+            from extractors.vad import SpeechRegion
+
+            def compute_vad():
+                found = self.stages.get("vad").detect(audio(), progress=lambda f: progress("vad", f)) \
+                    if has_audio else []
+                return {"regions": [r.serialize() for r in found]}, {}
+
+            regions = [SpeechRegion.from_dict(r) for r in cache.run("vad", vad_key, compute_vad)[0]["regions"]]
+
+            def compute_asr():
+                found = self.stages.get("asr").transcribe(audio(), regions, progress=lambda f: progress("asr", f)) \
+                    if regions else []
+                return {"segments": [s.serialize() for s in found]}, {}
+
+            raw = [SpeechSegment.from_dict(s) for s in cache.run("asr", asr_key, compute_asr)[0]["segments"]]
+
+            def compute_acoustic():
+                extractor = self.stages.get(acoustic_stage)
+                frame_rate = float(extractor.frame_rate if acoustic_kind == "whisper" else extractor.config.frame_rate)
+                if not regions:   # no speech: no segment will read acoustic frames
+                    dim = extractor.dim if acoustic_kind == "whisper" else extractor.frames(np.zeros(0)).shape[1]
+                    return {"frame_rate": frame_rate}, {"frames": np.zeros((0, dim), np.float32)}
+                return {"frame_rate": frame_rate}, {"frames": extractor.frames(audio())}
+
+            acoustic_data, acoustic_arrays = cache.run("acoustic", acoustic_key, compute_acoustic)
+            progress("acoustic", 1.0)
+            return regions, raw, acoustic_data, acoustic_arrays
+
         from extractors.visual_features import VisualResult
 
-        visual = VisualResult.from_dict(*cache.run("visual", visual_key, compute_visual))
+        audio_cached = all(cache.holds(stage, key) for stage, key in
+                           (("vad", vad_key), ("asr", asr_key), ("acoustic", acoustic_key)))
+        if cfg.parallel_audio and has_audio and not audio_cached and not cache.holds("visual", visual_key):
+            visual_data, (regions, raw_segments, acoustic_data, acoustic_arrays) = run_beside(
+                lambda: cache.run("visual", visual_key, compute_visual), audio_chain, report,
+                side_threads=self.stages.audio_threads)
+        else:
+            visual_data = cache.run("visual", visual_key, compute_visual)
+            regions, raw_segments, acoustic_data, acoustic_arrays = audio_chain(report)
+        visual = VisualResult.from_dict(*visual_data)
         report("visual", 1.0)
         if not visual.characters:
             raise MediaError(f"{video}: no faces found in {visual.frames_analysed} analysed frames; a per-character "
                              "timeline needs at least one face on screen")
 
-        # --- audio: vad, asr, diarization ---------------------------------------------------------
-        has_audio = info.has_audio
+        # --- audio: what the chain found, then diarization ----------------------------------------
         if not has_audio:
             message = f"{video} has no audio stream: visual-only timeline (no speech, no acoustic or text input)"
             if strict:
                 raise MediaError(f"{video} has no audio stream (--strict)")
             log.warning("%s", message)
             warnings.append(message)
-        vad_key = stage_key("vad", sha, settings("vad"), self.stages.model_versions("vad"), [])
-
-        def compute_vad():
-            regions = self.stages.get("vad").detect(audio(), progress=lambda f: report("vad", f)) \
-                if has_audio else []
-            return {"regions": [r.serialize() for r in regions]}, {}
-
-        from extractors.vad import SpeechRegion
-
-        regions = [SpeechRegion.from_dict(r) for r in cache.run("vad", vad_key, compute_vad)[0]["regions"]]
         if has_audio and not regions:
             message = f"{video}: no speech found in the audio: visual-only timeline"
             if strict:
@@ -230,15 +311,6 @@ class PipelineRunner:
             log.warning("%s", message)
             warnings.append(message)
 
-        asr_key = stage_key("asr", sha, {**settings("asr"), "model": cfg.asr_model},
-                            self.stages.model_versions("asr"), [vad_key])
-
-        def compute_asr():
-            segments = self.stages.get("asr").transcribe(audio(), regions, progress=lambda f: report("asr", f)) \
-                if regions else []
-            return {"segments": [s.serialize() for s in segments]}, {}
-
-        raw_segments = [SpeechSegment.from_dict(s) for s in cache.run("asr", asr_key, compute_asr)[0]["segments"]]
         expected = num_speakers if num_speakers is not None else None
         prior = len(visual.characters)
         diar_key = stage_key("diarization", sha, {**settings("diarization"), "num_speakers": expected,
@@ -284,21 +356,6 @@ class PipelineRunner:
                 segment.character, segment.speaker_confidence = a.character, a.confidence
 
         # --- features ----------------------------------------------------------------------------
-        acoustic_kind = self.scorer.acoustic_kind   # the features the checkpoint was trained on
-        acoustic_stage = "acoustic" if acoustic_kind == "librosa" else "acoustic_whisper"
-        acoustic_key = stage_key("acoustic", sha, {**settings("acoustic"), "kind": acoustic_kind,
-                                                   "whisper_blocks": self.scorer.acoustic_whisper_blocks},
-                                 self.stages.model_versions(acoustic_stage), [])
-
-        def compute_acoustic():
-            extractor = self.stages.get(acoustic_stage)
-            frame_rate = float(extractor.frame_rate if acoustic_kind == "whisper" else extractor.config.frame_rate)
-            if not segments:
-                dim = extractor.dim if acoustic_kind == "whisper" else extractor.frames(np.zeros(0)).shape[1]
-                return {"frame_rate": frame_rate}, {"frames": np.zeros((0, dim), np.float32)}
-            return {"frame_rate": frame_rate}, {"frames": extractor.frames(audio())}
-
-        acoustic_data, acoustic_arrays = cache.run("acoustic", acoustic_key, compute_acoustic)
         text_key = stage_key("text", sha, settings("text"), self.stages.model_versions("text"), [segments_key])
 
         def compute_text():

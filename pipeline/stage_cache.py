@@ -94,6 +94,18 @@ class StageCache:
             log.warning("stage cache %s unreadable (%s); recomputing", meta_path, error)
             return None
 
+    def holds(self, stage: str, key: str) -> bool:
+        """Whether :meth:`run` would reuse a stored result (reads only the small JSON, not the arrays)."""
+        meta_path, arrays_path = self._paths(stage)
+        if self.force or not meta_path.is_file():
+            return False
+        try:
+            document = json.loads(meta_path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return False
+        return (document.get("key") == key and document.get("format") == CACHE_FORMAT
+                and (not document.get("arrays_sha256") or arrays_path.is_file()))
+
     def store(self, stage: str, key: str, data: dict, arrays: dict[str, np.ndarray] | None = None) -> None:
         meta_path, arrays_path = self._paths(stage)
         digest = None

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import os
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -63,6 +64,11 @@ class StageFactory:
         return {name: f"{info['source']}:{info['version']}:{info['path']}"
                 for name in names for info in [self.model_info(name)]}
 
+    @property
+    def audio_threads(self) -> int:
+        """CPU threads of the audio stages when they run beside the visual pass: half the cores, at least 1."""
+        return max(1, (os.cpu_count() or 1) // 2)
+
     def _path(self, name: str):
         return self.config.models.get(name)
 
@@ -93,7 +99,9 @@ class StageFactory:
 
         from extractors.asr import SpeechRecognizer
 
-        asr_config = replace(copy.deepcopy(self.config.asr), model=self.config.asr_model,
+        # Beside the visual pass, ASR keeps to its share of the cores unless the configuration says otherwise.
+        threads = self.config.asr.cpu_threads or (self.audio_threads if self.config.parallel_audio else 0)
+        asr_config = replace(copy.deepcopy(self.config.asr), model=self.config.asr_model, cpu_threads=threads,
                              model_path=self.config.asr.model_path or self._path(self.config.asr_model))
         return SpeechRecognizer(asr_config, vad=self.get("vad"), device=self.device)
 

@@ -79,7 +79,7 @@ def test_interrupted_run_resumes(runner, media_dir, interview_run, tmp_path):
     _, finished = interview_run
     out = tmp_path / "resume"
     shutil.copytree(finished / STAGE_FOLDER, out / STAGE_FOLDER)
-    for stage in ("speaking", "acoustic", "text", "scoring"):   # as if killed after diarization
+    for stage in ("speaking", "text", "scoring"):   # as if killed after diarization
         (out / STAGE_FOLDER / f"{stage}.json").unlink()
 
     def stop_after_text(stage, record):
@@ -110,6 +110,20 @@ def test_changed_setting_recomputes_that_stage_and_later(runner, media_dir, inte
     changed.run(media_dir / "visualvoice_interview.mp4", out,
                 on_stage_done=lambda stage, record: ran.append(stage) if not record.cached else None)
     assert ran == ["scoring"]
+
+
+def test_audio_stages_after_the_visual_pass_give_the_same_timeline(runner, media_dir, interview_run, tmp_path):
+    """The default run has VAD, ASR and acoustic features in a thread beside the visual pass; one stage
+    after another must give the same timeline (nothing shared between the two threads leaks)."""
+    from pipeline.config import PipelineConfig
+    from pipeline.run import PipelineRunner
+
+    first, _ = interview_run
+    sequential = PipelineRunner(PipelineConfig(parallel_audio=False, device="cpu"))
+    sequential.stages = runner.stages   # same models
+    second = sequential.run(media_dir / "visualvoice_interview.mp4", tmp_path / "sequential")
+    strip = lambda d: {k: v for k, v in d.items() if k != "provenance"}  # noqa: E731
+    assert strip(second.document) == strip(first.document)
 
 
 def test_sample_clip(runner, tmp_path):
