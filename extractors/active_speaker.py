@@ -26,8 +26,11 @@ result, the audio and the segments, and returns one :class:`SpeakerAttribution` 
 from __future__ import annotations
 
 import logging
+import math
 import os
+import queue
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
@@ -45,6 +48,9 @@ log = logging.getLogger(__name__)
 TRACK_EDGE_S = 0.15
 
 # (RGB frame, faces in it) -> [N] mouth opening (NaN where no mouth could be measured)
+# Speech windows are decoded in pieces of at most this long, shared out among the workers.
+WINDOW_PIECE_S = 10.0
+
 MouthMeter = Callable[[np.ndarray, Sequence[FaceDetection]], np.ndarray]
 
 
@@ -301,9 +307,15 @@ class ActiveSpeakerDetector:
     """Attributes speech segments to on-screen characters (see the module docstring)."""
 
     def __init__(self, config: ActiveSpeakerConfig | None = None, mouth_meter: MouthMeter | None = None,
-                 model_path: str | os.PathLike | None = None, threads: int | None = 1):
+                 model_path: str | os.PathLike | None = None, threads: int | None = 1, workers: int = 1):
+        """``workers``: threads that decode and measure separate speech windows at the same time, each with
+        its own face mesh (a LiteRT interpreter serves one thread; decoding and the mesh release the GIL).
+        A given ``mouth_meter`` may not be thread-safe, so it is used from one thread."""
         self.config = config or ActiveSpeakerConfig()
         self.mouth_meter = mouth_meter or mesh_mouth_meter(model_path, threads)
+        self.workers = 1 if mouth_meter is not None else max(1, int(workers))
+        self._new_meter = lambda: mesh_mouth_meter(model_path, threads)
+        self._meters = [self.mouth_meter]
 
     def mouth_series(
         self, path: str | os.PathLike, tracks: Sequence[FaceTrack], segments: Sequence[SpeechSegment],
@@ -314,22 +326,44 @@ class ActiveSpeakerDetector:
         Decodes the video only inside the segments (plus context), at ``sync_fps``.
         """
         cfg = self.config
-        windows = _merge_windows([(s.start - cfg.context_s, s.end + cfg.context_s) for s in segments])
-        samples: list[tuple[float, dict[str, float]]] = []  # (time, track id -> opening)
+        windows = _split_windows(_merge_windows([(s.start - cfg.context_s, s.end + cfg.context_s) for s in segments]),
+                                 WINDOW_PIECE_S, cfg.sync_fps)
+        workers = min(self.workers, max(1, len(windows)))
+        while len(self._meters) < workers:
+            self._meters.append(self._new_meter())
+        # One (mouth meter, track sweep) per worker; a window takes a free pair for as long as it runs.
+        sweeps = [TrackSweep(tracks) for _ in range(workers)]
+        free: queue.SimpleQueue[int] = queue.SimpleQueue()
+        for slot in range(workers):
+            free.put(slot)
+
+        def measure(window: tuple[float, float]) -> list[tuple[float, dict[str, float]]]:
+            slot = free.get()
+            try:
+                meter, sweep, found = self._meters[slot], sweeps[slot], []
+                for frame in iter_frames(path, cfg.sync_fps, start=max(0.0, window[0]), end=window[1]):
+                    live = sweep.faces_at(frame.t)
+                    openings: dict[str, float] = {}
+                    if live:
+                        values = meter(frame.image, [face for _, face in live])
+                        openings = {track.id: float(v) for (track, _), v in zip(live, values, strict=True)}
+                    found.append((frame.t, openings))
+                return found
+            finally:
+                free.put(slot)
+
+        samples: list[tuple[float, dict[str, float]]] = []  # (time, track id -> opening), in time order
         total = sum(b - a for a, b in windows) or 1.0
         done = 0.0
-        live_tracks = TrackSweep(tracks)
-        for start, end in windows:
-            for frame in iter_frames(path, cfg.sync_fps, start=max(0.0, start), end=end):
-                live = live_tracks.faces_at(frame.t)
-                openings: dict[str, float] = {}
-                if live:
-                    values = self.mouth_meter(frame.image, [face for _, face in live])
-                    openings = {track.id: float(v) for (track, _), v in zip(live, values, strict=True)}
-                samples.append((frame.t, openings))
-            done += end - start
-            if progress is not None:
-                progress(done, total)
+        pool = ThreadPoolExecutor(workers, thread_name_prefix="mouth")
+        try:
+            for (start, end), found in zip(windows, pool.map(measure, windows), strict=True):
+                samples.extend(found)
+                done += end - start
+                if progress is not None:
+                    progress(done, total)
+        finally:   # an error or an interruption drops the windows not yet started
+            pool.shutdown(wait=True, cancel_futures=True)
         return series_by_segment(samples, segments, cfg.context_s, cfg.min_frames)
 
     def __call__(
@@ -389,6 +423,19 @@ def _merge_windows(windows: list[tuple[float, float]]) -> list[tuple[float, floa
         else:
             merged.append([start, end])
     return [(a, b) for a, b in merged]
+
+
+def _split_windows(windows: list[tuple[float, float]], longest: float, fps: float) -> list[tuple[float, float]]:
+    """Windows longer than ``longest`` cut into pieces, so that workers share out long stretches of speech
+    too (each piece seeks to its start: a little decoding from the keyframe before it). The cuts fall on
+    the window's sampling ticks, so the pieces together sample exactly the instants the whole would."""
+    pieces = []
+    for start, end in windows:
+        count = max(1, math.ceil((end - start) / longest))
+        ticks = [round(k * (end - start) / count * fps) for k in range(1, count)]
+        edges = [start, *(start + tick / fps for tick in ticks), end]
+        pieces.extend((a, b) for a, b in zip(edges[:-1], edges[1:], strict=True) if b > a)
+    return pieces
 
 
 def attribute_segments(segments: Sequence[SpeechSegment], evidence: Sequence[SyncEvidence],

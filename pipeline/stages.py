@@ -114,7 +114,9 @@ class StageFactory:
     def _build_speaking(self):
         from extractors.active_speaker import ActiveSpeakerDetector
 
-        return ActiveSpeakerDetector(copy.deepcopy(self.config.speaking), model_path=self._path("face-mesh"))
+        # It runs when the visual pass and the audio chain are done, so every core is its own.
+        return ActiveSpeakerDetector(copy.deepcopy(self.config.speaking), model_path=self._path("face-mesh"),
+                                     workers=os.cpu_count() or 1)
 
     def _build_acoustic(self):
         from extractors.acoustic_features import AcousticFeatureExtractor
