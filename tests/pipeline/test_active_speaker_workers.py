@@ -65,22 +65,3 @@ def test_an_interruption_drops_the_windows_not_started(tracks, media_dir):
     frames_per_window = 1.3 * 25   # 0.5 s + 2 x 0.4 s context at 25 frames/s
     assert 0 < len(measured) <= 3 * frames_per_window + 2, len(measured)   # at most the first windows ran
 
-
-def test_a_long_window_is_cut_on_its_sampling_ticks():
-    from extractors.active_speaker import _split_windows
-
-    pieces = _split_windows([(0.3, 25.3), (30.0, 31.0)], 10.0, 25.0)
-    assert len(pieces) == 4 and pieces[-1] == (30.0, 31.0)
-    assert pieces[0][0] == 0.3 and pieces[2][1] == 25.3
-    for (_, end), (start, _) in zip(pieces[:2], pieces[1:3], strict=True):
-        assert end == start                                           # contiguous
-        assert abs((start - 0.3) * 25 - round((start - 0.3) * 25)) < 1e-9   # on the 25/s grid of the window
-    assert all(b - a <= 10.0 for a, b in pieces)
-
-
-def test_a_long_stretch_of_speech_is_sampled_evenly_across_its_pieces(tracks, media_dir):
-    long = [SpeechSegment(id="long", start=1.0, end=16.5, text="x", words=[])]   # 16.3 s window: 2 pieces
-    times, series = ActiveSpeakerDetector(workers=2).mouth_series(media_dir / "visualvoice_interview.mp4",
-                                                                    tracks, long)
-    steps = np.diff(times["long"])
-    assert len(times["long"]) >= 16 * 25 and np.all(np.abs(steps - 0.04) < 0.005), steps
