@@ -37,7 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from memory import build_input, machine  # noqa: E402  (benchmarks/memory.py, beside this script)
 
 CLIP = "visualvoice_interview.mp4"
-STAGES = ("visual", "vad", "asr", "acoustic", "diarization", "speaking", "text", "scoring")
+STAGES = ("visual", "vad", "asr", "acoustic", "mouths", "diarization", "speaking", "text", "scoring")
 
 
 def child(video: Path, out: Path, device: str, audio: str) -> int:

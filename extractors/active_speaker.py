@@ -27,9 +27,7 @@ from __future__ import annotations
 
 import logging
 import os
-import queue
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
@@ -37,18 +35,17 @@ from scipy.ndimage import median_filter
 from scipy.optimize import linear_sum_assignment
 
 from extractors.audio import SAMPLE_RATE
-from extractors.contracts import FaceDetection, FaceTrack, SpeechSegment
-from extractors.media import iter_frames
+from extractors.contracts import FaceTrack, SpeechSegment
+from extractors.mouth_motion import (
+    MouthMeasurement,
+    MouthMeter,
+    MouthSamples,
+    TrackFeed,
+    mesh_mouth_meter,
+    speech_windows,
+)
 
 log = logging.getLogger(__name__)
-
-# A face is placed at most this far before its track's first or after its last detection: tracks end at
-# cuts, and past a cut the box would frame someone else.
-TRACK_EDGE_S = 0.15
-
-# (RGB frame, faces in it) -> [N] mouth opening (NaN where no mouth could be measured)
-MouthMeter = Callable[[np.ndarray, Sequence[FaceDetection]], np.ndarray]
-
 
 @dataclass
 class ActiveSpeakerConfig:
@@ -206,101 +203,16 @@ def sync_confidence(curve: np.ndarray, lag: int, tolerance: int = 1) -> tuple[fl
     return (max(0.0, best - baseline) if best > 0 else 0.0), best
 
 
-def interpolate_detection(track: FaceTrack, t: float, max_gap_s: float = 0.6,
-                          times: np.ndarray | None = None) -> FaceDetection | None:
-    """The track's face at time ``t`` (box and landmarks linear between its detections), None outside it.
-
-    The visual pass samples faces at a few frames per second; synchrony needs every frame, so the face is
-    placed between its neighbouring detections (the face mesh crops with a margin, so this is enough).
-    """
-    times = np.array([d.t for d in track.detections]) if times is None else times   # [N] detection times
-    if t < times[0] - TRACK_EDGE_S or t > times[-1] + TRACK_EDGE_S:
-        return None
-    i = int(np.searchsorted(times, t))
-    if i <= 0 or i >= len(times):
-        d = track.detections[0 if i <= 0 else -1]
-        return FaceDetection(t, d.box, d.score, d.landmarks)
-    a, b = track.detections[i - 1], track.detections[i]
-    if b.t - a.t > max_gap_s:
-        d = a if t - a.t < b.t - t else b
-        return FaceDetection(t, d.box, d.score, d.landmarks)
-    w = (t - a.t) / max(b.t - a.t, 1e-9)
-    box = tuple(float((1 - w) * p + w * q) for p, q in zip(a.box, b.box, strict=True))
-    landmarks = ((1 - w) * np.asarray(a.landmarks) + w * np.asarray(b.landmarks)).astype(np.float32)
-    return FaceDetection(t, box, min(a.score, b.score), landmarks)
-
-
-class TrackSweep:
-    """The faces of the tracks on screen at time t, for times that mostly increase (a frame loop).
-
-    Keeps the tracks that can be live (from ``TRACK_EDGE_S`` before their first detection to as long after
-    their last), so each frame costs the tracks on screen, not every track of the video (an hour of TV
-    holds thousands). A time earlier than the last one restarts the sweep.
-    """
-
-    def __init__(self, tracks: Sequence[FaceTrack]):
-        self._tracks = sorted((t for t in tracks if t.detections), key=lambda t: t.detections[0].t)
-        self._times = {t.id: np.array([d.t for d in t.detections]) for t in self._tracks}
-        self._restart()
-
-    def _restart(self) -> None:
-        self._next = 0                       # first track not yet admitted
-        self._live: list[FaceTrack] = []
-        self._last_t = -np.inf
-
-    def faces_at(self, t: float) -> list[tuple[FaceTrack, FaceDetection]]:
-        """(track, its face at ``t``) for every track on screen then, in order of track start."""
-        if t < self._last_t:
-            self._restart()
-        self._last_t = t
-        while self._next < len(self._tracks) and self._tracks[self._next].detections[0].t - TRACK_EDGE_S <= t:
-            self._live.append(self._tracks[self._next])
-            self._next += 1
-        self._live = [track for track in self._live if t <= track.detections[-1].t + TRACK_EDGE_S]
-        faces = [(track, interpolate_detection(track, t, times=self._times[track.id])) for track in self._live]
-        return [(track, face) for track, face in faces if face is not None]
-
-
-def series_by_segment(samples: Sequence[tuple[float, dict[str, float]]], segments: Sequence[SpeechSegment],
-                      context_s: float, min_frames: int
-                      ) -> tuple[dict[str, np.ndarray], dict[tuple[str, str], np.ndarray]]:
-    """(segment id -> sample times, (segment id, track id) -> mouth opening per sample, NaN where the track
-    was not measured) from time-ordered samples; a track with fewer than ``min_frames`` measured samples in
-    a segment gets no series. Only the tracks seen in a segment's samples are looked at."""
-    sample_times = np.array([t for t, _ in samples], dtype=np.float64)
-    times: dict[str, np.ndarray] = {}
-    series: dict[tuple[str, str], np.ndarray] = {}
-    for segment in segments:
-        first = int(np.searchsorted(sample_times, segment.start - context_s, side="left"))
-        last = int(np.searchsorted(sample_times, segment.end + context_s, side="left"))
-        times[segment.id] = sample_times[first:last]
-        seen = dict.fromkeys(track_id for _, openings in samples[first:last] for track_id in openings)
-        for track_id in seen:
-            values = np.array([openings.get(track_id, np.nan) for _, openings in samples[first:last]], dtype=np.float64)
-            if np.isfinite(values).sum() >= min_frames:
-                series[(segment.id, track_id)] = values
-    return times, series
-
-
-def mesh_mouth_meter(model_path: str | os.PathLike | None = None, threads: int | None = 1,
-                     min_presence: float = 0.5) -> MouthMeter:
-    """Inner-lip opening from the 468-point face mesh; NaN where the mesh sees no face."""
-    from extractors.face_mesh import FaceMesh, mesh_geometry
-
-    mesh = FaceMesh(model_path=model_path, threads=threads or 1)
-
-    def measure(image: np.ndarray, detections: Sequence[FaceDetection]) -> np.ndarray:
-        results = mesh(image, detections)
-        return np.array([mesh_geometry(r)[0] if r.presence >= min_presence else np.nan for r in results])
-
-    return measure
-
-
 # ------------------------------------------------------------------------------------------ stage
 
 
 class ActiveSpeakerDetector:
-    """Attributes speech segments to on-screen characters (see the module docstring)."""
+    """Attributes speech segments to on-screen characters (see the module docstring).
+
+    Two halves, which the pipeline runs (and caches) apart: :meth:`measurement` / :meth:`mouth_samples`
+    measure the mouths inside the speech windows (:mod:`extractors.mouth_motion`), :meth:`attribute` turns
+    them into attributions.
+    """
 
     def __init__(self, config: ActiveSpeakerConfig | None = None, mouth_meter: MouthMeter | None = None,
                  model_path: str | os.PathLike | None = None, threads: int | None = 1, workers: int = 1):
@@ -309,80 +221,48 @@ class ActiveSpeakerDetector:
         A given ``mouth_meter`` may not be thread-safe, so it is used from one thread."""
         self.config = config or ActiveSpeakerConfig()
         self.mouth_meter = mouth_meter or mesh_mouth_meter(model_path, threads)
-        self.workers = 1 if mouth_meter is not None else max(1, int(workers))
+        self._given_meter = mouth_meter is not None
+        self.workers = 1 if self._given_meter else max(1, int(workers))
         self._new_meter = lambda: mesh_mouth_meter(model_path, threads)
         self._meters = [self.mouth_meter]
 
-    def mouth_series(
-        self, path: str | os.PathLike, tracks: Sequence[FaceTrack], segments: Sequence[SpeechSegment],
-        progress: Callable[[float, float], None] | None = None,
-    ) -> tuple[dict[str, np.ndarray], dict[tuple[str, str], np.ndarray]]:
-        """(segment id -> sample times, (segment id, track id) -> mouth opening per sample).
+    def meter(self, slot: int) -> MouthMeter:
+        """The mouth meter of worker ``slot`` (0, 1, ...): one per thread, made when first asked for."""
+        if slot >= len(self._meters) and self._given_meter:
+            raise ValueError("a mouth meter given to the detector serves one thread")
+        while len(self._meters) <= slot:
+            self._meters.append(self._new_meter())
+        return self._meters[slot]
 
-        Decodes the video only inside the segments (plus context), at ``sync_fps``.
-        """
+    def measurement(self, path: str | os.PathLike, segments: Sequence[SpeechSegment], feed: TrackFeed,
+                    progress: Callable[[float, float], None] | None = None) -> MouthMeasurement:
+        """The mouth measurement of ``segments``' windows over the tracks ``feed`` gives, for threads to work."""
         cfg = self.config
         # Long windows are not cut to share them out: each cut costs a seek, which decodes from the keyframe
         # before it (x264's default GOP is 10 s). Cutting into 10 s pieces measured slower on the 10-min montage.
-        windows = _merge_windows([(s.start - cfg.context_s, s.end + cfg.context_s) for s in segments])
-        workers = min(self.workers, max(1, len(windows)))
-        while len(self._meters) < workers:
-            self._meters.append(self._new_meter())
-        # One (mouth meter, track sweep) per worker; a window takes a free pair for as long as it runs.
-        sweeps = [TrackSweep(tracks) for _ in range(workers)]
-        free: queue.SimpleQueue[int] = queue.SimpleQueue()
-        for slot in range(workers):
-            free.put(slot)
+        return MouthMeasurement(path, speech_windows(segments, cfg.context_s), feed, cfg.sync_fps, progress)
 
-        def measure(window: tuple[float, float]) -> list[tuple[float, dict[str, float]]]:
-            slot = free.get()
-            try:
-                meter, sweep, found = self._meters[slot], sweeps[slot], []
-                for frame in iter_frames(path, cfg.sync_fps, start=max(0.0, window[0]), end=window[1]):
-                    live = sweep.faces_at(frame.t)
-                    openings: dict[str, float] = {}
-                    if live:
-                        values = meter(frame.image, [face for _, face in live])
-                        openings = {track.id: float(v) for (track, _), v in zip(live, values, strict=True)}
-                    found.append((frame.t, openings))
-                return found
-            finally:
-                free.put(slot)
+    def mouth_samples(self, path: str | os.PathLike, tracks: Sequence[FaceTrack], segments: Sequence[SpeechSegment],
+                      progress: Callable[[float, float], None] | None = None) -> MouthSamples:
+        """Mouth openings inside the segments' windows (decoded at ``sync_fps``), ``workers`` windows at a time."""
+        measurement = self.measurement(path, segments, TrackFeed(tracks), progress)
+        workers = min(self.workers, max(1, len(measurement.windows)))
+        return measurement.run([self.meter(slot) for slot in range(workers)])
 
-        samples: list[tuple[float, dict[str, float]]] = []  # (time, track id -> opening), in time order
-        total = sum(b - a for a, b in windows) or 1.0
-        done = 0.0
-        pool = ThreadPoolExecutor(workers, thread_name_prefix="mouth")
-        try:
-            for (start, end), found in zip(windows, pool.map(measure, windows), strict=True):
-                samples.extend(found)
-                done += end - start
-                if progress is not None:
-                    progress(done, total)
-        finally:   # an error or an interruption drops the windows not yet started
-            pool.shutdown(wait=True, cancel_futures=True)
-        return series_by_segment(samples, segments, cfg.context_s, cfg.min_frames)
-
-    def __call__(
-        self,
-        path: str | os.PathLike,
-        tracks: Sequence[FaceTrack],
-        character_of_track: dict[str, str],
-        audio: np.ndarray,
-        segments: Sequence[SpeechSegment],
-        regions: Sequence,
-        progress: Callable[[float, float], None] | None = None,
-    ) -> ActiveSpeakerResult:
+    def attribute(self, tracks: Sequence[FaceTrack], character_of_track: dict[str, str], audio: np.ndarray,
+                  segments: Sequence[SpeechSegment], regions: Sequence, samples: MouthSamples) -> ActiveSpeakerResult:
+        """Sync evidence of every measured (segment, track), then one assignment over the video."""
         if not segments:
             return ActiveSpeakerResult([], [], {})
-        times, series = self.mouth_series(path, tracks, segments, progress) if tracks else ({}, {})
         cfg = self.config
+        times, series = samples.by_segment(segments, cfg.context_s, cfg.min_frames)
         fps = cfg.sync_fps
         search, max_lag = int(round(cfg.search_lag_s * fps)), int(round(cfg.max_lag_s * fps))
         order = {track.id: i for i, track in enumerate(tracks)}
         measured: dict[str, list[str]] = {}   # segment id -> its measured tracks, in the order of `tracks`
         for segment_id, track_id in sorted(series, key=lambda key: order.get(key[1], len(order))):
-            measured.setdefault(segment_id, []).append(track_id)
+            if track_id in order:
+                measured.setdefault(segment_id, []).append(track_id)
         curves: dict[tuple[str, str], np.ndarray] = {}
         of_segment_curves: dict[str, list[np.ndarray]] = {}
         for segment in segments:
@@ -411,15 +291,20 @@ class ActiveSpeakerDetector:
                                          correlation, lag / fps, int(np.isfinite(series[(segment_id, track_id)]).sum())))
         return attribute_segments(segments, evidence, cfg)
 
-
-def _merge_windows(windows: list[tuple[float, float]]) -> list[tuple[float, float]]:
-    merged: list[list[float]] = []
-    for start, end in sorted(windows):
-        if merged and start <= merged[-1][1]:
-            merged[-1][1] = max(merged[-1][1], end)
-        else:
-            merged.append([start, end])
-    return [(a, b) for a, b in merged]
+    def __call__(
+        self,
+        path: str | os.PathLike,
+        tracks: Sequence[FaceTrack],
+        character_of_track: dict[str, str],
+        audio: np.ndarray,
+        segments: Sequence[SpeechSegment],
+        regions: Sequence,
+        progress: Callable[[float, float], None] | None = None,
+    ) -> ActiveSpeakerResult:
+        if not segments:
+            return ActiveSpeakerResult([], [], {})
+        samples = self.mouth_samples(path, tracks, segments, progress) if tracks else MouthSamples.empty()
+        return self.attribute(tracks, character_of_track, audio, segments, regions, samples)
 
 
 def attribute_segments(segments: Sequence[SpeechSegment], evidence: Sequence[SyncEvidence],

@@ -162,6 +162,11 @@ class FaceTracker:
         score = (1 - cfg.appearance_weight) * iou + cfg.appearance_weight * appearance
         return np.where(allowed, 1.0 - 0.999 * score, 1e6)
 
+    def open_since(self) -> float | None:
+        """The first detection time of the earliest track still open (None: none is): every track that
+        started before it has closed."""
+        return min((live.track.detections[0].t for live in self._live), default=None)
+
     def take_closed(self) -> ClosedTracks:
         """The tracks that closed (gap, cut or :meth:`finish`) since the last call, kept and dropped."""
         closed, self._closed = self._closed, []

@@ -225,12 +225,18 @@ class VisualExtractor:
         path: str | os.PathLike,
         cast_file: str | os.PathLike | None = None,
         progress: Callable[[float, float], None] | None = None,
+        on_tracks: Callable[[list[FaceTrack], float], None] | None = None,
     ) -> VisualResult:
-        """Runs every visual stage on ``path``; ``progress(seconds_done, duration)`` is called per batch."""
-        with torch_threads(self.config.torch_threads):
-            return self._run(path, cast_file, progress)
+        """Runs every visual stage on ``path``; ``progress(seconds_done, duration)`` is called per batch.
 
-    def _run(self, path, cast_file, progress) -> VisualResult:
+        ``on_tracks(closed, settled)``, when given, is called per batch with the tracks that closed (final:
+        the result holds them unchanged) and a time before which every track has closed; at the end with
+        the last ones and infinity. Later stages can start on the settled part (see extractors.mouth_motion).
+        """
+        with torch_threads(self.config.torch_threads):
+            return self._run(path, cast_file, progress, on_tracks)
+
+    def _run(self, path, cast_file, progress, on_tracks=None) -> VisualResult:
         cfg = self.config
         info = probe(path)
         cast = load_cast(cast_file, self.detector, self.embedder) if cast_file else None
@@ -253,7 +259,7 @@ class VisualExtractor:
             pending.clear()
             seconds["expression"] += time.perf_counter() - started
 
-        def close_tracks(closed: ClosedTracks) -> None:
+        def close_tracks(closed: ClosedTracks, settled: float) -> None:
             """Embeds the chips of tracks that just closed and frees their faces (and dropped tracks' rows)."""
             started = time.perf_counter()
             chips.discard(closed.dropped)
@@ -261,6 +267,8 @@ class VisualExtractor:
                 rows.pop(track_id, None)
             chips.close([t.id for t in closed.kept])
             seconds["embedding"] += time.perf_counter() - started
+            if on_tracks is not None:
+                on_tracks(closed.kept, settled)
 
         batches_done = [0]
         search = FullSearchSchedule(cfg.full_detection_every)
@@ -311,7 +319,9 @@ class VisualExtractor:
                 seconds["expression"] += time.perf_counter() - started
             if len(pending) >= cfg.expression_batch:
                 flush_expression()
-            close_tracks(tracker.take_closed())
+            # Tracks starting later than the earliest open one, or after this batch, are not all known yet.
+            open_since = tracker.open_since()
+            close_tracks(tracker.take_closed(), batch[-1].t if open_since is None else min(open_since, batch[-1].t))
             if progress is not None:
                 progress(batch[-1].t, info.duration)
 
@@ -334,7 +344,7 @@ class VisualExtractor:
             process(batch)
         flush_expression()
         tracks = tracker.finish()
-        close_tracks(tracker.take_closed())
+        close_tracks(tracker.take_closed(), np.inf)
         started = time.perf_counter()
         characters = build_characters(tracks, chips.identities, self.threshold, cast)
         seconds["clustering"] += time.perf_counter() - started

@@ -6,13 +6,16 @@ Stages, each cached in ``OUT/.stages`` (see :mod:`pipeline.stage_cache`):
     vad          speech regions                                              (extractors.vad)
     asr          segments with word times                                    (extractors.asr)
     acoustic     frame-level acoustic features                               (extractors.acoustic_features)
+    mouths       mouth opening of every face inside the speech windows      (extractors.mouth_motion)
     diarization  speaker turns; the number of characters seen is its prior   (extractors.diarization)
     speaking     which on-screen character says each segment                 (extractors.active_speaker)
     text         token embeddings of every segment                           (extractors.text_features)
     scoring      RAMer on every (moment, character), characters of a moment scored together
 
 vad, asr and acoustic read only the audio, so they run in a second thread while the visual pass runs
-(``parallel_audio``; the cores are split between the two), and the later stages start when both are done.
+(``parallel_audio``; the cores are split between the two). That thread then measures the mouths in the
+speech windows the visual pass has settled (every track there closed), trailing it; when the visual pass
+ends, this thread helps with the windows left. The later stages start when both are done.
 
 :class:`PipelineRunner` holds the configured stages (models load on first use and stay loaded, so a
 batch worker reuses them) and the RAMer checkpoint. Bad input is refused before anything is written;
@@ -142,13 +145,15 @@ class _Stopped(Exception):
 
 
 def run_beside(main: Callable[[], Any], side: Callable[[Progress], Any], report: Progress,
-               side_threads: int) -> tuple[Any, Any]:
+               side_threads: int, then_help: Callable[[], None] | None = None) -> tuple[Any, Any]:
     """``main()`` in this thread and ``side(progress)`` in a worker thread at the same time: (both results).
 
     The CPU is split: torch's intra-op thread count (one setting per process) is the cores left after
     ``side_threads`` while both run, so neither oversubscribes the other (OpenMP threads that wait on
-    a busy core spin). When ``main`` fails, the side stops at its next progress report and is waited
-    for before the error goes on, so nothing is still writing into an output folder about to be removed.
+    a busy core spin). ``then_help()``, when given, runs in this thread after ``main`` and before the
+    side is waited for (to share the side's remaining work). When either fails, the side stops at its
+    next progress report and is waited for before the error goes on, so nothing is still writing into
+    an output folder about to be removed.
     """
     from concurrent.futures import ThreadPoolExecutor
 
@@ -166,6 +171,8 @@ def run_beside(main: Callable[[], Any], side: Callable[[Progress], Any], report:
         future = pool.submit(side, progress)
         try:
             result = main()
+            if then_help is not None:
+                then_help()
         except BaseException:
             stop.set()
             try:
@@ -245,8 +252,16 @@ class PipelineRunner:
                                                    "whisper_blocks": self.scorer.acoustic_whisper_blocks},
                                  self.stages.model_versions(acoustic_stage), [vad_key])
 
+        # The mouths in the speech windows (as ASR gave them: splitting a segment never leaves its window) over
+        # the visual pass's tracks, which it publishes into the feed as they close.
+        from extractors.mouth_motion import MouthSamples, TrackFeed
+
+        mouths_key = stage_key("mouths", sha, {k: settings("speaking")[k] for k in ("sync_fps", "context_s")},
+                               self.stages.model_versions("speaking"), [visual_key, asr_key])
+        feed = TrackFeed()
+
         def compute_visual():
-            result = self.stages.get("visual")(video, cast_file=cast,
+            result = self.stages.get("visual")(video, cast_file=cast, on_tracks=feed.publish,
                                                progress=lambda done, total: report("visual", done / max(total, 1e-9)))
             return result.serialize(), {f"features.{tid}": rows for tid, rows in result.features.items()}
 
@@ -280,19 +295,66 @@ class PipelineRunner:
             progress("acoustic", 1.0)
             return regions, raw, acoustic_data, acoustic_arrays
 
+        beside_measurement: list = []          # the side thread's mouth measurement, for this thread to join
+        measurement_known = threading.Event()  # set once it exists, or once the side will not make one
+
+        def audio_then_mouths(progress: Progress):
+            """The audio chain, then the mouths of its speech windows as the visual pass settles them."""
+            try:
+                regions, raw, acoustic_data, acoustic_arrays = audio_chain(progress)
+
+                def compute_mouths():
+                    if not raw:
+                        return MouthSamples.empty().serialize(), MouthSamples.empty().arrays()
+                    detector = self.stages.get("speaking")
+                    measurement = detector.measurement(video, raw, feed, lambda d, t: progress("mouths", d / t))
+                    beside_measurement.append(measurement)
+                    measurement_known.set()
+
+                    def poll():   # raises once the visual pass has failed
+                        progress("mouths", measurement.fraction)
+
+                    measurement.work(detector.meter(0), poll)
+                    samples = measurement.wait(poll)
+                    return samples.serialize(), samples.arrays()
+
+                mouths = cache.run("mouths", mouths_key, compute_mouths)
+            finally:
+                measurement_known.set()
+            return regions, raw, acoustic_data, acoustic_arrays, mouths
+
+        def help_measure_mouths():
+            """Once the visual pass is done: this thread's share of the windows the side has not measured."""
+            measurement_known.wait()
+            if beside_measurement:
+                detector = self.stages.get("speaking")
+                beside_measurement[0].run([detector.meter(slot) for slot in range(1, max(2, detector.workers))])
+
         from extractors.visual_features import VisualResult
 
         audio_cached = all(cache.holds(stage, key) for stage, key in
                            (("vad", vad_key), ("asr", asr_key), ("acoustic", acoustic_key)))
+        mouths_data = None
         if cfg.parallel_audio and has_audio and not audio_cached and not cache.holds("visual", visual_key):
-            visual_data, (regions, raw_segments, acoustic_data, acoustic_arrays) = run_beside(
-                lambda: cache.run("visual", visual_key, compute_visual), audio_chain, report,
-                side_threads=self.stages.audio_threads)
+            visual_data, (regions, raw_segments, acoustic_data, acoustic_arrays, mouths_data) = run_beside(
+                lambda: cache.run("visual", visual_key, compute_visual), audio_then_mouths, report,
+                side_threads=self.stages.audio_threads, then_help=help_measure_mouths)
         else:
             visual_data = cache.run("visual", visual_key, compute_visual)
             regions, raw_segments, acoustic_data, acoustic_arrays = audio_chain(report)
         visual = VisualResult.from_dict(*visual_data)
         report("visual", 1.0)
+        if mouths_data is None:
+            def compute_mouths_after():
+                samples = MouthSamples.empty()
+                if raw_segments and visual.tracks:
+                    samples = self.stages.get("speaking").mouth_samples(
+                        video, visual.tracks, raw_segments, progress=lambda d, t: report("mouths", d / t))
+                return samples.serialize(), samples.arrays()
+
+            mouths_data = cache.run("mouths", mouths_key, compute_mouths_after)
+        report("mouths", 1.0)
+        mouths = MouthSamples.from_dict(*mouths_data)
         if not visual.characters:
             raise MediaError(f"{video}: no faces found in {visual.frames_analysed} analysed frames; a per-character "
                              "timeline needs at least one face on screen")
@@ -335,15 +397,15 @@ class PipelineRunner:
 
         # --- who is talking ----------------------------------------------------------------------
         speaking_key = stage_key("speaking", sha, settings("speaking"), self.stages.model_versions("speaking"),
-                                 [visual_key, vad_key, segments_key])
+                                 [visual_key, vad_key, segments_key, mouths_key])
 
         def compute_speaking():
             from extractors.active_speaker import ActiveSpeakerResult
 
             if not segments:
                 return ActiveSpeakerResult([], [], {}).serialize(), {}
-            result = self.stages.get("speaking")(video, visual.tracks, visual.character_of_track(), audio(),
-                                                 segments, regions, progress=lambda d, t: report("speaking", d / t))
+            result = self.stages.get("speaking").attribute(visual.tracks, visual.character_of_track(), audio(),
+                                                           segments, regions, mouths)
             return result.serialize(), {}
 
         from extractors.active_speaker import ActiveSpeakerResult

@@ -114,7 +114,7 @@ class StageFactory:
     def _build_speaking(self):
         from extractors.active_speaker import ActiveSpeakerDetector
 
-        # It runs when the visual pass and the audio chain are done, so every core is its own.
+        # Its mouth measurement trails the visual pass on the audio chain's core, then takes every core.
         return ActiveSpeakerDetector(copy.deepcopy(self.config.speaking), model_path=self._path("face-mesh"),
                                      workers=os.cpu_count() or 1)
 

@@ -26,7 +26,7 @@ exit status:
   1    a bug (traceback): please report it
 """
 
-STAGE_NAMES = ("visual", "vad", "asr", "diarization", "speaking", "acoustic", "text", "scoring")
+STAGE_NAMES = ("visual", "vad", "asr", "mouths", "diarization", "speaking", "acoustic", "text", "scoring")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:

@@ -243,3 +243,30 @@ def test_faces_between_searches_are_followed_and_cuts_are_searched(extractor, me
         assert min(iou) > 0.8
     assert sum(searched) <= 0.6 * followed.frames_analysed
     assert len(followed.characters) == len(reference.characters) == 5
+
+
+def test_tracks_are_published_as_they_close_and_settled_means_all_known(extractor, media_dir, tmp_path):
+    """A montage with a cut every 1.5 s: the pass hands out each track once, unchanged from the result, while
+    it still runs; whenever it says "settled at t", every track of the result starting before t is out."""
+    from tests.extractors import edited_media as em
+
+    path = em.write_edit(em.montage(0.0), media_dir, tmp_path / "montage.mp4")
+    calls = []   # (ids published so far, settled, detections of each published track then)
+    published: dict[str, object] = {}
+
+    def on_tracks(closed, settled):
+        for track in closed:
+            assert track.id not in published
+            published[track.id] = (track, len(track.detections))
+        calls.append((set(published), settled))
+
+    result = extractor(path, on_tracks=on_tracks)
+    assert set(published) == {t.id for t in result.tracks}
+    for track in result.tracks:   # the same object, not changed after it was handed out
+        assert published[track.id][0] is track and published[track.id][1] == len(track.detections)
+    settled_times = [settled for _, settled in calls]
+    assert settled_times == sorted(settled_times) and settled_times[-1] == np.inf
+    mid_pass = [(ids, settled) for ids, settled in calls if np.isfinite(settled) and ids]
+    assert len({frozenset(ids) for ids, _ in mid_pass}) >= 3   # tracks went out during the pass, not at its end
+    for ids, settled in calls:
+        assert {t.id for t in result.tracks if t.start < settled} <= ids, settled

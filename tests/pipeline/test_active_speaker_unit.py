@@ -116,7 +116,7 @@ def _random_tracks(rng, count: int, duration: float):
 def test_track_sweep_gives_every_live_face_and_only_those():
     """Against the plain scan over every track (what each frame did before): same faces at every time,
     also when times go back (a new window of the speaking stage) or repeat."""
-    from extractors.active_speaker import TRACK_EDGE_S, TrackSweep, interpolate_detection
+    from extractors.mouth_motion import TRACK_EDGE_S, TrackSweep, interpolate_detection
 
     rng = np.random.default_rng(3)
     tracks = _random_tracks(rng, 300, 60.0)
@@ -131,8 +131,8 @@ def test_track_sweep_gives_every_live_face_and_only_those():
         assert all(got[k].box == expected[k].box for k in got)
 
 
-def test_series_by_segment_matches_the_scan_over_every_track():
-    from extractors.active_speaker import series_by_segment
+def test_samples_by_segment_match_the_scan_over_every_track_after_a_round_trip():
+    from extractors.mouth_motion import MouthSamples
 
     rng = np.random.default_rng(4)
     times = np.arange(0, 60, 0.04)
@@ -140,7 +140,8 @@ def test_series_by_segment_matches_the_scan_over_every_track():
                for t in times]
     segments = [SpeechSegment(f"S{i}", float(a), float(a + rng.uniform(0.5, 5)), "x", []) for i, a in
                 enumerate(rng.uniform(0, 58, size=30))]
-    got_times, got = series_by_segment(samples, segments, 0.4, 20)
+    stored = MouthSamples(times, [openings for _, openings in samples])
+    got_times, got = MouthSamples.from_dict(stored.serialize(), stored.arrays()).by_segment(segments, 0.4, 20)
     for segment in segments:
         inside = [i for i, t in enumerate(times) if segment.start - 0.4 <= t < segment.end + 0.4]
         np.testing.assert_array_equal(got_times[segment.id], times[inside])

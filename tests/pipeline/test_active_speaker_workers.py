@@ -30,8 +30,8 @@ SEGMENTS = [SpeechSegment(id=f"s{i}", start=start, end=start + 1.2, text="x", wo
 
 def test_two_workers_give_the_series_of_one(tracks, media_dir):
     video = media_dir / "visualvoice_interview.mp4"
-    one = ActiveSpeakerDetector(workers=1).mouth_series(video, tracks, SEGMENTS)
-    two = ActiveSpeakerDetector(workers=2).mouth_series(video, tracks, SEGMENTS)
+    one = ActiveSpeakerDetector(workers=1).mouth_samples(video, tracks, SEGMENTS).by_segment(SEGMENTS, 0.4, 20)
+    two = ActiveSpeakerDetector(workers=2).mouth_samples(video, tracks, SEGMENTS).by_segment(SEGMENTS, 0.4, 20)
     assert one[0].keys() == two[0].keys() == {s.id for s in SEGMENTS}
     for segment_id, times in one[0].items():
         np.testing.assert_array_equal(times, two[0][segment_id])
@@ -61,7 +61,7 @@ def test_an_interruption_drops_the_windows_not_started(tracks, media_dir):
 
     many = [SpeechSegment(id=f"m{i}", start=0.5 + 2.0 * i, end=1.0 + 2.0 * i, text="x", words=[]) for i in range(8)]
     with pytest.raises(Stop):
-        detector.mouth_series(media_dir / "visualvoice_interview.mp4", tracks, many, progress=stop)
+        detector.mouth_samples(media_dir / "visualvoice_interview.mp4", tracks, many, progress=stop)
     frames_per_window = 1.3 * 25   # 0.5 s + 2 x 0.4 s context at 25 frames/s
     assert 0 < len(measured) <= 3 * frames_per_window + 2, len(measured)   # at most the first windows ran
 

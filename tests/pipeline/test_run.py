@@ -11,7 +11,7 @@ import pytest
 from pipeline.run import STAGE_FOLDER, TIMELINE_NAME
 from pipeline.timeline import SCHEMA_PATH
 
-STAGES = {"visual", "vad", "asr", "diarization", "speaking", "acoustic", "text", "scoring"}
+STAGES = {"visual", "vad", "asr", "mouths", "diarization", "speaking", "acoustic", "text", "scoring"}
 
 
 def check_document(document: dict) -> None:
