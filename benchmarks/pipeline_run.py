@@ -14,7 +14,9 @@ once each (say so beside the numbers). Targets (issue 10): at most 0.5 x the vid
 cores; peak memory flat in length, under 3 GB at 60 minutes.
 
 ``--audio``: ``beside`` is the default configuration (VAD, ASR and acoustic features in a second thread
-while the visual pass runs, ``parallel_audio: true``), ``after`` runs every stage one after the other.
+while the visual pass runs, ``parallel_audio: true``, and then that thread measures the mouths of the speech
+windows the visual pass has settled, ``mouths_beside: true``); ``mouths-after`` measures the mouths only after
+the visual pass (``mouths_beside: false``); ``after`` runs every stage one after the other.
 Given both, the two alternate run by run on each input, so they are compared side by side in one run.
 In ``beside`` runs the per-stage seconds of visual and of the audio chain overlap in time.
 """
@@ -45,7 +47,7 @@ def child(video: Path, out: Path, device: str, audio: str) -> int:
     from pipeline.run import PipelineRunner
 
     start = time.perf_counter()
-    config = PipelineConfig(parallel_audio=audio == "beside")
+    config = PipelineConfig(parallel_audio=audio != "after", mouths_beside=audio == "beside")
     result = PipelineRunner(config, device=device).run(video, out, force=True)
     seconds = time.perf_counter() - start
     peak_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
@@ -75,8 +77,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/ramer-pipeline"))
     parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results" / "pipeline_run.md")
     parser.add_argument("--input", choices=("montage", "repeat"), default="montage")
-    parser.add_argument("--audio", nargs="+", choices=("beside", "after"), default=["beside"],
-                        help="audio stages beside the visual pass or after it; both: alternate, compared")
+    parser.add_argument("--audio", nargs="+", choices=("beside", "mouths-after", "after"), default=["beside"],
+                        help="audio stages and then the mouth measurement beside the visual pass (the default), "
+                             "the audio stages only (mouths after the visual pass), or every stage after it; "
+                             "several: alternate, compared")
     parser.add_argument("--child", nargs=2, metavar=("VIDEO", "OUT"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:

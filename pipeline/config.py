@@ -70,6 +70,9 @@ class PipelineConfig(BaseModel):
     # VAD, ASR and acoustic features in a second thread beside the visual pass, the cores split between
     # them (ASR gets half, at least one). False: one stage after another, each with every core.
     parallel_audio: bool = True
+    # With parallel_audio: that thread then measures the mouths of the speech windows the visual pass has
+    # settled, while it still runs. False: the mouths are measured after the visual pass, with every core.
+    mouths_beside: bool = True
 
     @field_validator("models")
     @classmethod

@@ -336,9 +336,14 @@ class PipelineRunner:
                            (("vad", vad_key), ("asr", asr_key), ("acoustic", acoustic_key)))
         mouths_data = None
         if cfg.parallel_audio and has_audio and not audio_cached and not cache.holds("visual", visual_key):
-            visual_data, (regions, raw_segments, acoustic_data, acoustic_arrays, mouths_data) = run_beside(
-                lambda: cache.run("visual", visual_key, compute_visual), audio_then_mouths, report,
-                side_threads=self.stages.audio_threads, then_help=help_measure_mouths)
+            if cfg.mouths_beside:
+                visual_data, (regions, raw_segments, acoustic_data, acoustic_arrays, mouths_data) = run_beside(
+                    lambda: cache.run("visual", visual_key, compute_visual), audio_then_mouths, report,
+                    side_threads=self.stages.audio_threads, then_help=help_measure_mouths)
+            else:
+                visual_data, (regions, raw_segments, acoustic_data, acoustic_arrays) = run_beside(
+                    lambda: cache.run("visual", visual_key, compute_visual), audio_chain, report,
+                    side_threads=self.stages.audio_threads)
         else:
             visual_data = cache.run("visual", visual_key, compute_visual)
             regions, raw_segments, acoustic_data, acoustic_arrays = audio_chain(report)

@@ -112,14 +112,16 @@ def test_changed_setting_recomputes_that_stage_and_later(runner, media_dir, inte
     assert ran == ["scoring"]
 
 
-def test_audio_stages_after_the_visual_pass_give_the_same_timeline(runner, media_dir, interview_run, tmp_path):
-    """The default run has VAD, ASR and acoustic features in a thread beside the visual pass; one stage
-    after another must give the same timeline (nothing shared between the two threads leaks)."""
+@pytest.mark.parametrize("order", [{"parallel_audio": False}, {"mouths_beside": False}])
+def test_audio_stages_after_the_visual_pass_give_the_same_timeline(runner, media_dir, interview_run, tmp_path, order):
+    """The default run has VAD, ASR and acoustic features and then the mouth measurement in a thread beside
+    the visual pass; one stage after another (or the mouths alone after it) must give the same timeline
+    (nothing shared between the two threads leaks)."""
     from pipeline.config import PipelineConfig
     from pipeline.run import PipelineRunner
 
     first, _ = interview_run
-    sequential = PipelineRunner(PipelineConfig(parallel_audio=False, device="cpu"))
+    sequential = PipelineRunner(PipelineConfig(**order, device="cpu"))
     sequential.stages = runner.stages   # same models
     second = sequential.run(media_dir / "visualvoice_interview.mp4", tmp_path / "sequential")
     strip = lambda d: {k: v for k, v in d.items() if k != "provenance"}  # noqa: E731
