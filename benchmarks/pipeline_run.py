@@ -9,7 +9,8 @@ Inputs: ``visualvoice_interview.mp4`` itself (``0`` = the 17.5 s clip), and 10 a
 shuffled order; ``repeat``: the interview end to end, which trips Whisper's repetition guard), written into
 ``--workdir``, never the repository. Every run is a fresh process running ``pipeline run --force`` with the default
 checkpoint, which reports its own peak resident set size (``ru_maxrss``), so model loading, imports and
-every stage count, as for a user. The interview gets ``--runs`` runs (median quoted); longer inputs run
+every stage count, as for a user, and samples it every 0.25 s (the peak while each stage ran; the samples
+are left in ``OUT/rss_trace.json`` of the run's output folder in ``--workdir``). The interview gets ``--runs`` runs (median quoted); longer inputs run
 once each (say so beside the numbers). Targets (issue 10): at most 0.5 x the video's duration on two
 cores; peak memory flat in length, under 3 GB at 60 minutes.
 
@@ -30,6 +31,7 @@ import resource
 import statistics
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -42,18 +44,74 @@ CLIP = "visualvoice_interview.mp4"
 STAGES = ("visual", "vad", "asr", "acoustic", "mouths", "diarization", "speaking", "text", "scoring")
 
 
+class RssTrace:
+    """Samples this process's resident set size every ``period`` s; :meth:`peaks` gives, per stage, the most
+    seen while that stage ran (from its start to its ``on_stage_done``; stages running at the same time share
+    their samples), and under ``other`` the most seen while no stage ran (imports, model loading, the
+    timeline document and thumbnails)."""
+
+    def __init__(self, period: float = 0.25):
+        self.period = period
+        self.samples: list[tuple[float, float]] = []       # (perf_counter, MB)
+        self.intervals: dict[str, tuple[float, float]] = {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+
+    def stage_done(self, stage: str, record) -> None:
+        end = time.perf_counter()
+        self.intervals[stage] = (end - record.seconds, end)
+
+    def peaks(self) -> dict[str, float]:
+        result: dict[str, float] = {}
+        for t, mb in self.samples:
+            inside = [s for s, (a, b) in self.intervals.items() if a <= t <= b] or ["other"]
+            for stage in inside:
+                result[stage] = max(result.get(stage, 0.0), mb)
+        return result
+
+    def save(self, path: Path) -> None:
+        """The samples and the stages' intervals, in seconds from the first sample (to plot or read)."""
+        t0 = self.samples[0][0] if self.samples else 0.0
+        path.write_text(json.dumps({
+            "samples": [[round(t - t0, 2), round(mb, 1)] for t, mb in self.samples],
+            "stages": {s: [round(a - t0, 2), round(b - t0, 2)] for s, (a, b) in self.intervals.items()}}))
+
+    def _sample(self) -> None:
+        while not self._stop.wait(self.period):
+            self.samples.append((time.perf_counter(), _rss_mb()))
+
+    def __enter__(self) -> RssTrace:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def _rss_mb() -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
 def child(video: Path, out: Path, device: str, audio: str) -> int:
     from pipeline.config import PipelineConfig
     from pipeline.run import PipelineRunner
 
     start = time.perf_counter()
     config = PipelineConfig(parallel_audio=audio != "after", mouths_beside=audio == "beside")
-    result = PipelineRunner(config, device=device).run(video, out, force=True)
+    with RssTrace() as trace:
+        result = PipelineRunner(config, device=device).run(video, out, force=True,
+                                                             on_stage_done=trace.stage_done)
     seconds = time.perf_counter() - start
     peak_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    trace.save(out / "rss_trace.json")
     print(json.dumps({"seconds": seconds, "duration": result.document["video"]["duration"],
                       "peak_mb": peak_kb / 1024,
                       "stages": {k: v.seconds for k, v in result.stages.items()},
+                      "stage_peak_mb": trace.peaks(),
                       "characters": len(result.document["characters"]),
                       "segments": len(result.document["segments"])}))
     return 0
@@ -88,7 +146,7 @@ def main(argv: list[str] | None = None) -> int:
 
     clip = args.shared / "media" / CLIP
     header = machine()
-    rows, per_stage = [], []
+    rows, per_stage, per_stage_memory = [], [], []
     for minutes in args.minutes:
         video = clip if minutes == 0 else build_input(args.shared / "media", minutes, args.workdir, args.input)
         by_mode: dict[str, list[dict]] = {mode: [] for mode in args.audio}
@@ -105,6 +163,9 @@ def main(argv: list[str] | None = None) -> int:
             stage_seconds = {s: statistics.median(r["stages"].get(s, 0.0) for r in runs) for s in STAGES}
             per_stage.append(f"| {label} | {mode} | "
                              + " | ".join(f"{stage_seconds[s] / duration:.3f}" for s in STAGES) + " |")
+            stage_peak = {s: max(r.get("stage_peak_mb", {}).get(s, 0.0) for r in runs) for s in (*STAGES, "other")}
+            per_stage_memory.append(f"| {label} | {mode} | "
+                                    + " | ".join(f"{stage_peak[s] / 1024:.2f}" for s in (*STAGES, "other")) + " |")
             print(rows[-1], flush=True)
     load_end = os.getloadavg()[0]
     text = "\n".join([
@@ -124,6 +185,14 @@ def main(argv: list[str] | None = None) -> int:
         "| input | audio stages | " + " | ".join(STAGES) + " |",
         "|---|---|" + "---|" * len(STAGES),
         *per_stage,
+        "",
+        "Peak resident set size (GiB) while each stage ran, sampled every 0.25 s (stages running at the same "
+        "time share their samples; `other`: no stage running, i.e. imports, model loading, the document and "
+        "thumbnails):",
+        "",
+        "| input | audio stages | " + " | ".join((*STAGES, "other")) + " |",
+        "|---|---|" + "---|" * (len(STAGES) + 1),
+        *per_stage_memory,
         "",
         "Targets: at most 0.5 x duration on two cores; peak memory flat in length and under 3 GB at 60 minutes.",
         "",

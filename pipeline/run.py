@@ -31,7 +31,7 @@ import os
 import shutil
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -183,6 +183,36 @@ def run_beside(main: Callable[[], Any], side: Callable[[Progress], Any], report:
         return result, future.result()
 
 
+class DecodedAudio:
+    """The input's 16 kHz mono audio, decoded when a stage first asks for it and let go (:meth:`release`)
+    while no stage needs it, so a long video's audio (230 MB an hour) is not held through the visual pass,
+    text and scoring; decoding again costs about 1 s per 10 minutes of audio."""
+
+    def __init__(self, video: Path, strict: bool = False):
+        self.video = video
+        self.strict = strict      # no audio stream: an error rather than an empty array
+        self.decodes = 0
+        self._samples: np.ndarray | None = None
+        self._lock = threading.Lock()
+
+    def __call__(self) -> np.ndarray:
+        with self._lock:
+            if self._samples is None:
+                from extractors.audio import load_audio
+
+                self._samples = load_audio(self.video, require_audio=self.strict)
+                self.decodes += 1
+            return self._samples
+
+    @property
+    def held(self) -> bool:
+        return self._samples is not None
+
+    def release(self) -> None:
+        with self._lock:
+            self._samples = None
+
+
 class PipelineRunner:
     def __init__(self, config: PipelineConfig | None = None, checkpoint: str | os.PathLike | None = None,
                  device: str | None = None):
@@ -195,7 +225,7 @@ class PipelineRunner:
 
         self.scorer = EmotionScorer.load(checkpoint, device=self.device)
         self.stages.acoustic_whisper_blocks = self.scorer.acoustic_whisper_blocks
-        self._audio_cache: dict[str, np.ndarray] = {}
+        self.audio: DecodedAudio | None = None   # the last run's audio (decoded only while stages need it)
 
     # --------------------------------------------------------------------------------------- run
 
@@ -226,14 +256,7 @@ class PipelineRunner:
         cache = StageCache(output / STAGE_FOLDER, force=force, on_stage_done=on_stage_done)
         sha = file_sha256(video)
         cfg = self.config
-        self._audio_cache.clear()
-
-        def audio() -> np.ndarray:  # decoded only when a stage needs it
-            if "audio" not in self._audio_cache:
-                from extractors.audio import load_audio
-
-                self._audio_cache["audio"] = load_audio(video, require_audio=strict)
-            return self._audio_cache["audio"]
+        self.audio = audio = DecodedAudio(video, strict)
 
         def settings(name: str) -> dict:
             return asdict(getattr(cfg, name))
@@ -293,6 +316,7 @@ class PipelineRunner:
 
             acoustic_data, acoustic_arrays = cache.run("acoustic", acoustic_key, compute_acoustic)
             progress("acoustic", 1.0)
+            audio.release()   # not needed again until diarization, after the visual pass
             return regions, raw, acoustic_data, acoustic_arrays
 
         beside_measurement: list = []          # the side thread's mouth measurement, for this thread to join
@@ -416,6 +440,7 @@ class PipelineRunner:
         from extractors.active_speaker import ActiveSpeakerResult
 
         speaking = ActiveSpeakerResult.from_dict(cache.run("speaking", speaking_key, compute_speaking)[0])
+        audio.release()   # the last stage that reads it
         attribution = speaking.by_segment()
         for segment in segments:
             a = attribution.get(segment.id)
@@ -457,13 +482,14 @@ class PipelineRunner:
     # ------------------------------------------------------------------------------------ inputs
 
     def _modality_inputs(self, moments: list[Moment], visual, segments: list[SpeechSegment],
-                         acoustic_frames: np.ndarray, frame_rate: float, text_arrays: dict) -> list[list[ModalityInputs]]:
-        """Per moment, the inputs of every character on screen in it (empty lists: nobody visible)."""
+                         acoustic_frames: np.ndarray, frame_rate: float, text_arrays: dict
+                         ) -> Iterator[list[ModalityInputs]]:
+        """Per moment, the inputs of every character on screen in it (empty lists: nobody visible), made as
+        the scorer reads them (so a long video's inputs are never all held at once)."""
         from extractors.acoustic_features import D_ACOUSTIC
         from extractors.text_features import D_TEXT
 
         by_id = {s.id: s for s in segments}
-        result = []
         for moment in moments:
             entries = []
             for character in visual.characters:
@@ -482,8 +508,7 @@ class PipelineRunner:
                 entries.append(ModalityInputs(   # as extracted; the scorer prepares them as its checkpoint wants
                     moment=moment.id, character=character.id, role="speaker" if speaks else "listener",
                     text=text, visual=rows, acoustic=acoustic, personality=character.personality))
-            result.append(entries)
-        return result
+            yield entries
 
     # ---------------------------------------------------------------------------------- document
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,6 +25,7 @@ from pipeline.errors import UserError
 log = logging.getLogger(__name__)
 
 DEFAULT_CHECKPOINT = Path(__file__).with_name("default_model")
+SCORING_CHUNK_BATCHES = 2   # batches of samples built and scored at a time (memory flat in the video's length)
 
 
 def checkpoint_digest(folder: Path) -> str:
@@ -144,41 +145,63 @@ class EmotionScorer:
 
     # ----------------------------------------------------------------------------------- scoring
 
-    def score(self, moments: list[Moment], inputs: list[list[ModalityInputs]], limits: MomentConfig | None = None,
+    def score(self, moments: list[Moment], inputs: Iterable[list[ModalityInputs]], limits: MomentConfig | None = None,
               progress: Callable[[float], None] | None = None) -> list[dict]:
-        """Timeline entries (dicts of the timeline JSON), one per (moment, character on screen)."""
+        """Timeline entries (dicts of the timeline JSON), one per (moment, character on screen).
+
+        ``inputs``: per moment, its characters' inputs (a list, or a generator that makes them as they are read).
+        Samples are built and scored ``chunk_samples`` at a time, so memory does not grow with the video's
+        length (each sample holds every character of its moment, padded); a chunk is a whole number of
+        batches and what a moment adds past a chunk's end waits for the next, so the batches, and the
+        probabilities, are those of scoring everything at once.
+        """
+        limits = limits or MomentConfig()
+        thresholds = self.thresholds
+        trained = set(self.trained_modalities)
+        out: list[dict] = []
+        samples, targets = [], []
+
+        def flush(count: int) -> None:
+            probs = self._probs(samples[:count])
+            for (moment, character, role, used), p in zip(targets[:count], probs, strict=True):
+                out.append({
+                    "character": character, "start": round(moment.start, 3), "end": round(moment.end, 3),
+                    "moment": moment.id, "segment": moment.segment, "role": role,
+                    "modalities": used, "untrained_modalities": [m for m in used if m not in trained],
+                    "probs": {label: round(float(v), 4) for label, v in zip(self.labels, p, strict=True)},
+                    "labels": [label for label, v, t in zip(self.labels, p, thresholds, strict=True) if v >= t],
+                })
+            del samples[:count], targets[:count]
+
+        for done, (moment, raw) in enumerate(zip(moments, inputs, strict=True), start=1):
+            entries = [self.prepare(entry, limits) for entry in raw]
+            for target, entry in enumerate(entries):
+                samples.append(moment_sample(entries, target, self.model.config))
+                targets.append((moment, entry.character, entry.role, entry.modalities))
+            while len(samples) >= self.chunk_samples:
+                flush(self.chunk_samples)
+                if progress is not None:
+                    progress(done / len(moments))
+        if samples:
+            flush(len(samples))
+        if progress is not None:
+            progress(1.0)
+        return out
+
+    @property
+    def chunk_samples(self) -> int:
+        return self.batch_size * SCORING_CHUNK_BATCHES
+
+    def _probs(self, samples: list) -> np.ndarray:
+        """[N, C] probabilities of ``samples``."""
         from ramer_core.datasets.common import FeatureDims, RamerDataset
         from ramer_core.training import predict
 
-        limits = limits or MomentConfig()
-        samples, targets = [], []
-        for moment, raw in zip(moments, inputs, strict=True):
-            entries = [self.prepare(entry, limits) for entry in raw]
-            for target in range(len(entries)):
-                samples.append(moment_sample(entries, target, self.model.config))
-                targets.append((moment, entries[target]))
-        if not samples:
-            return []
         config = self.model.config
         dataset = RamerDataset(samples, self.labels, FeatureDims(config.text_dim, config.visual_dim,
                                                                  config.acoustic_dim, config.personality_dim),
                                name="pipeline")
-        probs = predict(self.model, dataset, batch_size=self.batch_size, device=self.device).probs  # [N, C]
-        if progress is not None:
-            progress(1.0)
-        thresholds = self.thresholds
-        trained = set(self.trained_modalities)
-        out = []
-        for (moment, entry), p in zip(targets, probs, strict=True):
-            used = entry.modalities
-            out.append({
-                "character": entry.character, "start": round(moment.start, 3), "end": round(moment.end, 3),
-                "moment": moment.id, "segment": moment.segment, "role": entry.role,
-                "modalities": used, "untrained_modalities": [m for m in used if m not in trained],
-                "probs": {label: round(float(v), 4) for label, v in zip(self.labels, p, strict=True)},
-                "labels": [label for label, v, t in zip(self.labels, p, thresholds, strict=True) if v >= t],
-            })
-        return out
+        return predict(self.model, dataset, batch_size=self.batch_size, device=self.device).probs  # [N, C]
 
 
 def moment_sample(entries: list[ModalityInputs], target: int, config):

@@ -116,16 +116,22 @@ def test_changed_setting_recomputes_that_stage_and_later(runner, media_dir, inte
 def test_audio_stages_after_the_visual_pass_give_the_same_timeline(runner, media_dir, interview_run, tmp_path, order):
     """The default run has VAD, ASR and acoustic features and then the mouth measurement in a thread beside
     the visual pass; one stage after another (or the mouths alone after it) must give the same timeline
-    (nothing shared between the two threads leaks)."""
+    (nothing shared between the two threads leaks). The decoded audio is let go between the audio chain
+    and diarization, and after the speaking stage."""
     from pipeline.config import PipelineConfig
     from pipeline.run import PipelineRunner
 
     first, _ = interview_run
     sequential = PipelineRunner(PipelineConfig(**order, device="cpu"))
     sequential.stages = runner.stages   # same models
-    second = sequential.run(media_dir / "visualvoice_interview.mp4", tmp_path / "sequential")
+    audio_held = {}
+    second = sequential.run(media_dir / "visualvoice_interview.mp4", tmp_path / "sequential",
+                            on_stage_done=lambda stage, record: audio_held.update({stage: sequential.audio.held}))
     strip = lambda d: {k: v for k, v in d.items() if k != "provenance"}  # noqa: E731
     assert strip(second.document) == strip(first.document)
+    assert audio_held["asr"] and audio_held["diarization"] and audio_held["speaking"]
+    assert not audio_held["mouths"] and not audio_held["text"] and not audio_held["scoring"]
+    assert sequential.audio.decodes == 2 and not sequential.audio.held
 
 
 def test_sample_clip(runner, tmp_path):

@@ -82,3 +82,44 @@ def test_cast_personality_reaches_the_sample_and_an_unknown_one_stays_masked():
     assert sample.personality_present.tolist() == [True, False], "no cast vector: absent, never invented"
     np.testing.assert_allclose(sample.personality[0].numpy(), [0.1, 0.2, 0.3])
     assert not sample.personality[1].any()
+
+
+def scene(index: int, persons: int, rng) -> list[ModalityInputs]:
+    """A moment with ``persons`` characters on screen, the first speaking (lengths vary, so padding does)."""
+    moment = f"M{index}"
+    out = [ModalityInputs(moment, "C0", "speaker", rng.normal(size=(int(rng.integers(2, 9)), D_TEXT)).astype(np.float32),
+                          rng.random((int(rng.integers(1, 7)), D_VISUAL)).astype(np.float32),
+                          rng.normal(size=(int(rng.integers(5, 60)), D_ACOUSTIC)).astype(np.float32))]
+    for p in range(1, persons):
+        out.append(ModalityInputs(moment, f"C{p}", "listener", np.zeros((0, D_TEXT), np.float32),
+                                  rng.random((int(rng.integers(1, 7)), D_VISUAL)).astype(np.float32),
+                                  np.zeros((0, D_ACOUSTIC), np.float32)))
+    return out
+
+
+def test_scoring_in_chunks_gives_what_scoring_at_once_gives_and_holds_one_chunk(tmp_path, monkeypatch):
+    import pipeline.scoring as scoring
+
+    scorer = EmotionScorer.load(tiny_checkpoint(tmp_path / "ckpt", {}))
+    scorer.batch_size = 2
+    rng = np.random.default_rng(1)
+    persons = [1, 3, 2, 3, 1, 2, 3, 3, 1, 2]   # 21 samples: chunks of 4 end inside moments
+    moments = [Moment(f"M{i}", float(i), i + 1.0, f"S{i}", "C0") for i in range(len(persons))]
+    inputs = [scene(i, p, rng) for i, p in enumerate(persons)]
+
+    monkeypatch.setattr(scoring, "SCORING_CHUNK_BATCHES", 10_000)
+    at_once = scorer.score(moments, inputs)
+
+    monkeypatch.setattr(scoring, "SCORING_CHUNK_BATCHES", 2)
+    passes, predict_one_pass = [], EmotionScorer._probs
+
+    def recording(self, samples):
+        passes.append(len(samples))
+        return predict_one_pass(self, samples)
+
+    monkeypatch.setattr(EmotionScorer, "_probs", recording)
+    in_chunks = scorer.score(moments, iter(inputs))   # a generator is read once, as run.py gives it
+    assert passes == [4, 4, 4, 4, 4, 1], "whole chunks of 2 batches, the rest at the end"
+    assert in_chunks == at_once
+    assert [(e["moment"], e["character"]) for e in in_chunks] == [
+        (f"M{i}", f"C{p}") for i, n in enumerate(persons) for p in range(n)]
