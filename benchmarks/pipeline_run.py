@@ -14,6 +14,9 @@ are left in ``OUT/rss_trace.json`` of the run's output folder in ``--workdir``).
 once each (say so beside the numbers). Targets (issue 10): at most 0.5 x the video's duration on two
 cores; peak memory flat in length, under 3 GB at 60 minutes.
 
+``--against CHECKOUT`` runs the same inputs with another checkout's code as well (its rows are labelled
+with its commit), alternating run by run, for a before/after comparison in one run.
+
 ``--audio``: ``beside`` is the default configuration (VAD, ASR and acoustic features in a second thread
 while the visual pass runs, ``parallel_audio: true``, and then that thread measures the mouths of the speech
 windows the visual pass has settled, ``mouths_beside: true``); ``mouths-after`` measures the mouths only after
@@ -117,8 +120,8 @@ def child(video: Path, out: Path, device: str, audio: str) -> int:
     return 0
 
 
-def run_once(video: Path, out: Path, device: str, audio: str) -> dict:
-    done = subprocess.run([sys.executable, __file__, "--child", str(video), str(out), "--device", device,
+def run_once(video: Path, out: Path, device: str, audio: str, script: Path = Path(__file__)) -> dict:
+    done = subprocess.run([sys.executable, str(script), "--child", str(video), str(out), "--device", device,
                            "--audio", audio],
                           capture_output=True, text=True, check=False)
     if done.returncode != 0:
@@ -139,6 +142,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="audio stages and then the mouth measurement beside the visual pass (the default), "
                              "the audio stages only (mouths after the visual pass), or every stage after it; "
                              "several: alternate, compared")
+    parser.add_argument("--against", type=Path, metavar="CHECKOUT",
+                        help="another checkout of the project (e.g. `git worktree add /tmp/before COMMIT`): each "
+                             "run alternates with the same run of that checkout's code, compared side by side")
     parser.add_argument("--child", nargs=2, metavar=("VIDEO", "OUT"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
@@ -149,10 +155,16 @@ def main(argv: list[str] | None = None) -> int:
     rows, per_stage, per_stage_memory = [], [], []
     for minutes in args.minutes:
         video = clip if minutes == 0 else build_input(args.shared / "media", minutes, args.workdir, args.input)
-        by_mode: dict[str, list[dict]] = {mode: [] for mode in args.audio}
+        variants = [(mode, mode, Path(__file__)) for mode in args.audio]
+        if args.against:
+            commit = subprocess.run(["git", "-C", str(args.against), "rev-parse", "--short", "HEAD"],
+                                    capture_output=True, text=True, check=False).stdout.strip() or args.against.name
+            variants += [(f"{mode} @ {commit}", mode, args.against / "benchmarks" / Path(__file__).name)
+                         for mode in args.audio]
+        by_mode: dict[str, list[dict]] = {label: [] for label, _, _ in variants}
         for _ in range(args.runs if minutes == 0 else 1):
-            for mode in args.audio:   # alternating, so a drift in the machine's speed hits both alike
-                by_mode[mode].append(run_once(video, args.workdir / f"out_{minutes:g}", args.device, mode))
+            for label, mode, script in variants:   # alternating, so a drift in the machine's speed hits all alike
+                by_mode[label].append(run_once(video, args.workdir / f"out_{minutes:g}", args.device, mode, script))
         for mode, runs in by_mode.items():
             seconds = statistics.median(r["seconds"] for r in runs)
             duration = runs[0]["duration"]
@@ -164,8 +176,8 @@ def main(argv: list[str] | None = None) -> int:
             per_stage.append(f"| {label} | {mode} | "
                              + " | ".join(f"{stage_seconds[s] / duration:.3f}" for s in STAGES) + " |")
             stage_peak = {s: max(r.get("stage_peak_mb", {}).get(s, 0.0) for r in runs) for s in (*STAGES, "other")}
-            per_stage_memory.append(f"| {label} | {mode} | "
-                                    + " | ".join(f"{stage_peak[s] / 1024:.2f}" for s in (*STAGES, "other")) + " |")
+            per_stage_memory.append(f"| {label} | {mode} | " + " | ".join(   # -: no sample (shorter than 0.25 s,
+                f"{stage_peak[s] / 1024:.2f}" if stage_peak[s] else "-" for s in (*STAGES, "other")) + " |")  # or untraced
             print(rows[-1], flush=True)
     load_end = os.getloadavg()[0]
     text = "\n".join([
@@ -173,7 +185,9 @@ def main(argv: list[str] | None = None) -> int:
         "",
         f"Machine: {header}; at the end {load_end:.1f}. Device: {args.device}. Command: "
         f"`.venv/bin/python benchmarks/pipeline_run.py --minutes {' '.join(f'{m:g}' for m in args.minutes)} "
-        f"--runs {args.runs} --device {args.device} --input {args.input} --audio {' '.join(args.audio)}`. Default configuration and checkpoint, `--force` (no cache).",
+        f"--runs {args.runs} --device {args.device} --input {args.input} --audio {' '.join(args.audio)}"
+        + (f" --against {args.against}" if args.against else "")
+        + "`. Default configuration and checkpoint, `--force` (no cache).",
         "",
         "| input | audio stages | runs | seconds (median) | x duration | peak RSS GiB | characters | segments |",
         "|---|---|---|---|---|---|---|---|",
