@@ -269,8 +269,11 @@ class MouthMeasurement:
     def _measure(self, window: tuple[float, float], meter: MouthMeter, poll) -> list[tuple[float, dict[str, float]]]:
         start, end = window
         tracks = self.feed.tracks_until(end, poll)
-        sweep = TrackSweep([t for t in tracks if t.detections and t.start - TRACK_EDGE_S <= end
-                            and t.end + TRACK_EDGE_S >= start])
+        on_screen = [t for t in tracks if t.detections and t.start - TRACK_EDGE_S <= end
+                     and t.end + TRACK_EDGE_S >= start]
+        if not on_screen:   # off-screen speech: no face to measure, nothing to decode (attribution needs none)
+            return []
+        sweep = TrackSweep(on_screen)
         found = []
         for frame in iter_frames(self.path, self.sync_fps, start=max(0.0, start), end=end):
             live = sweep.faces_at(frame.t)

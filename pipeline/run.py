@@ -289,7 +289,8 @@ class PipelineRunner:
             return result.serialize(), {f"features.{tid}": rows for tid, rows in result.features.items()}
 
         def audio_chain(progress: Progress):
-            """vad -> asr, then acoustic frames: (regions, segments as ASR gave them, acoustic data, arrays)."""
+            """vad -> asr, then acoustic frames: (regions, segments as ASR gave them, acoustic data); the frames
+            stay in the stage cache until scoring reads them."""
             from extractors.vad import SpeechRegion
 
             def compute_vad():
@@ -314,10 +315,10 @@ class PipelineRunner:
                     return {"frame_rate": frame_rate}, {"frames": np.zeros((0, dim), np.float32)}
                 return {"frame_rate": frame_rate}, {"frames": extractor.frames(audio())}
 
-            acoustic_data, acoustic_arrays = cache.run("acoustic", acoustic_key, compute_acoustic)
+            acoustic_data = cache.run("acoustic", acoustic_key, compute_acoustic)[0]   # frames: read back to score
             progress("acoustic", 1.0)
             audio.release()   # not needed again until diarization, after the visual pass
-            return regions, raw, acoustic_data, acoustic_arrays
+            return regions, raw, acoustic_data
 
         beside_measurement: list = []          # the side thread's mouth measurement, for this thread to join
         measurement_known = threading.Event()  # set once it exists, or once the side will not make one
@@ -325,7 +326,7 @@ class PipelineRunner:
         def audio_then_mouths(progress: Progress):
             """The audio chain, then the mouths of its speech windows as the visual pass settles them."""
             try:
-                regions, raw, acoustic_data, acoustic_arrays = audio_chain(progress)
+                regions, raw, acoustic_data = audio_chain(progress)
 
                 def compute_mouths():
                     if not raw:
@@ -345,7 +346,7 @@ class PipelineRunner:
                 mouths = cache.run("mouths", mouths_key, compute_mouths)
             finally:
                 measurement_known.set()
-            return regions, raw, acoustic_data, acoustic_arrays, mouths
+            return regions, raw, acoustic_data, mouths
 
         def help_measure_mouths():
             """Once the visual pass is done: this thread's share of the windows the side has not measured."""
@@ -361,16 +362,16 @@ class PipelineRunner:
         mouths_data = None
         if cfg.parallel_audio and has_audio and not audio_cached and not cache.holds("visual", visual_key):
             if cfg.mouths_beside:
-                visual_data, (regions, raw_segments, acoustic_data, acoustic_arrays, mouths_data) = run_beside(
+                visual_data, (regions, raw_segments, acoustic_data, mouths_data) = run_beside(
                     lambda: cache.run("visual", visual_key, compute_visual), audio_then_mouths, report,
                     side_threads=self.stages.audio_threads, then_help=help_measure_mouths)
             else:
-                visual_data, (regions, raw_segments, acoustic_data, acoustic_arrays) = run_beside(
+                visual_data, (regions, raw_segments, acoustic_data) = run_beside(
                     lambda: cache.run("visual", visual_key, compute_visual), audio_chain, report,
                     side_threads=self.stages.audio_threads)
         else:
             visual_data = cache.run("visual", visual_key, compute_visual)
-            regions, raw_segments, acoustic_data, acoustic_arrays = audio_chain(report)
+            regions, raw_segments, acoustic_data = audio_chain(report)
         visual = VisualResult.from_dict(*visual_data)
         report("visual", 1.0)
         if mouths_data is None:
@@ -458,17 +459,20 @@ class PipelineRunner:
                 report("text", (i + 1) / len(segments))
             return {"segments": [s.id for s in segments]}, arrays
 
-        text_arrays = cache.run("text", text_key, compute_text)[1]
+        cache.run("text", text_key, compute_text)
 
         # --- scoring -----------------------------------------------------------------------------
         speaker_of = {s.id: s.character for s in segments}
         moments = build_moments(segments, info.duration, speaker_of, cfg.moments)
-        inputs = self._modality_inputs(moments, visual, segments, acoustic_arrays["frames"],
-                                       float(acoustic_data["frame_rate"]), text_arrays)
         scoring_key = stage_key("scoring", sha, {"moments": asdict(cfg.moments), "checkpoint": self.scorer.digest},
                                 {}, [visual_key, speaking_key, acoustic_key, text_key])
 
         def compute_scoring():
+            # The frames and token embeddings are read back from the stage cache only now (an hour of
+            # acoustic frames is 280 MB), and let go with the scores.
+            inputs = self._modality_inputs(moments, visual, segments,
+                                           cache.stored_arrays("acoustic", acoustic_key)["frames"],
+                                           float(acoustic_data["frame_rate"]), cache.stored_arrays("text", text_key))
             scores = self.scorer.score(moments, inputs, cfg.moments, progress=lambda f: report("scoring", f))
             return {"scores": scores}, {}
 

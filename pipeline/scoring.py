@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from extractors.io import return_freed_memory
 from extractors.moments import MODALITIES, ModalityInputs, Moment, MomentConfig, pool_frames, pool_time
 from pipeline.errors import UserError
 
@@ -172,6 +173,7 @@ class EmotionScorer:
                     "labels": [label for label, v, t in zip(self.labels, p, thresholds, strict=True) if v >= t],
                 })
             del samples[:count], targets[:count]
+            return_freed_memory()   # else the freed batches stay resident (+700 MB over an hour's scoring, measured)
 
         for done, (moment, raw) in enumerate(zip(moments, inputs, strict=True), start=1):
             entries = [self.prepare(entry, limits) for entry in raw]

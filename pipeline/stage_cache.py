@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from extractors.io import return_freed_memory, write_atomically
+from pipeline.errors import UserError
 
 log = logging.getLogger(__name__)
 
@@ -76,8 +77,19 @@ class StageCache:
 
     def load(self, stage: str, key: str) -> tuple[dict, dict[str, np.ndarray]] | None:
         """The stored (data, arrays) of ``stage`` when its key matches, else None."""
+        return None if self.force else self._read(stage, key)
+
+    def stored_arrays(self, stage: str, key: str) -> dict[str, np.ndarray]:
+        """The arrays of a result :meth:`run` gave in this run (read back, so nobody holds them in between)."""
+        stored = self._read(stage, key)
+        if stored is None:
+            raise UserError(f"the {stage} stage's result in {self.folder} was removed or changed during the run "
+                            "(is another run writing to the same output folder?)")
+        return stored[1]
+
+    def _read(self, stage: str, key: str) -> tuple[dict, dict[str, np.ndarray]] | None:
         meta_path, arrays_path = self._paths(stage)
-        if self.force or not meta_path.is_file():
+        if not meta_path.is_file():
             return None
         try:
             document = json.loads(meta_path.read_text(encoding="utf-8"))

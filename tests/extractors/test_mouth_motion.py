@@ -79,3 +79,21 @@ def test_a_failure_while_waiting_for_tracks_ends_the_measurement(media_dir):
         measurement.work(box_meter, poll)
     with pytest.raises(VisualFailed):
         measurement.wait()
+
+
+def test_a_window_with_nobody_on_screen_is_not_decoded(media_dir, monkeypatch):
+    """Off-screen speech (a narrator, a voice over a cutaway): no face can be measured, so no frame is read."""
+    import extractors.mouth_motion as mouth_motion
+
+    decoded, iter_frames = [], mouth_motion.iter_frames
+
+    def counting_frames(path, fps, start=0.0, end=None):
+        decoded.append((start, end))
+        return iter_frames(path, fps, start=start, end=end)
+
+    monkeypatch.setattr(mouth_motion, "iter_frames", counting_frames)
+    on_screen = [track for track in _tracks() if track.start < 1.0]   # only in the first window (0.1-1.7 s)
+    windows = speech_windows(SEGMENTS, 0.4)
+    samples = MouthMeasurement(media_dir / CLIP, windows, TrackFeed(on_screen), 25.0).run([box_meter])
+    assert decoded == [(windows[0][0], windows[0][1])]
+    assert len(samples.times) > 20 and samples.times[-1] <= windows[0][1]

@@ -270,3 +270,27 @@ def test_tracks_are_published_as_they_close_and_settled_means_all_known(extracto
     assert len({frozenset(ids) for ids, _ in mid_pass}) >= 3   # tracks went out during the pass, not at its end
     for ids, settled in calls:
         assert {t.id for t in result.tracks if t.start < settled} <= ids, settled
+
+
+def test_a_characters_sequence_is_its_faces_in_the_span_the_surer_one_where_two_tracks_meet():
+    from extractors.contracts import Character, FaceTrack, VideoInfo
+    from extractors.visual_features import VisualResult
+
+    def track(track_id, times, score, value):
+        return FaceTrack(track_id, 0, [FaceDetection(float(t), (0.0, 0.0, 10.0, 10.0), score,
+                                                     np.zeros((5, 2), np.float32)) for t in times])
+
+    tracks = [track("T0", [0.0, 0.25, 0.5, 0.75], 0.9, 0), track("T1", [0.5, 0.75, 1.0], 0.95, 1),
+              track("T2", [0.25, 2.0], 0.99, 2)]
+    features = {t.id: np.full((len(t.detections), D_VISUAL), float(k), np.float32) for k, t in enumerate(tracks)}
+    info = VideoInfo("x.mp4", 3.0, 25.0, 64, 64, 0, False, None, None)
+    result = VisualResult(info, [], tracks, [Character("C0", ["T0", "T1"], None, np.zeros(3, np.float32)),
+                                             Character("C1", ["T2"], None, np.zeros(3, np.float32))], features, 12)
+    times, rows = result.sequence("C0", 0.25, 1.0)   # start included, end left out
+    np.testing.assert_array_equal(times, [0.25, 0.5, 0.75])
+    np.testing.assert_array_equal(rows[:, 0], [0.0, 1.0, 1.0])   # T1 is surer where both have a face
+    rows[:] = -1.0                                                # a caller's change stays with the caller
+    np.testing.assert_array_equal(result.sequence("C0", 0.0, 9.0)[1][:, 0], [0.0, 0.0, 1.0, 1.0, 1.0])
+    assert result.sequence("C1", 0.3, 1.9)[0].shape == (0,) and result.sequence("C1", 0.3, 1.9)[1].shape == (0, D_VISUAL)
+    with pytest.raises(KeyError):
+        result.sequence("C9", 0.0, 1.0)

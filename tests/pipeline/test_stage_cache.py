@@ -44,3 +44,17 @@ def test_damaged_arrays_are_recomputed(tmp_path):
     (tmp_path / "stage.npz").write_bytes(b"half a file")
     StageCache(tmp_path).run("stage", "k", compute)
     assert len(calls) == 2
+
+
+def test_a_later_stage_reads_back_the_arrays_this_run_stored(tmp_path):
+    import pytest
+
+    from pipeline.errors import UserError
+
+    frames = np.arange(12, dtype=np.float32).reshape(4, 3)
+    cache = StageCache(tmp_path, force=True)   # --force recomputes, but what this run stored is read back
+    cache.run("acoustic", "k", lambda: ({"frame_rate": 50.0}, {"frames": frames}))
+    assert np.array_equal(cache.stored_arrays("acoustic", "k")["frames"], frames)
+    (tmp_path / "acoustic.npz").unlink()
+    with pytest.raises(UserError, match="removed or changed during the run"):
+        cache.stored_arrays("acoustic", "k")
