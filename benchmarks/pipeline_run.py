@@ -7,12 +7,13 @@
 Inputs: ``visualvoice_interview.mp4`` itself (``0`` = the 17.5 s clip), and 10 and 60 minutes of the
 ``--input`` kind of benchmarks/long_input.py (``montage``, the default: pieces of the shared clips in a
 shuffled order; ``repeat``: the interview end to end, which trips Whisper's repetition guard), written into
-``--workdir``, never the repository. Every run is a fresh process running ``pipeline run --force`` with the default
-checkpoint, which reports its own peak resident set size (``ru_maxrss``), so model loading, imports and
-every stage count, as for a user, and samples it every 0.25 s (the peak while each stage ran; the samples
-are left in ``OUT/rss_trace.json`` of the run's output folder in ``--workdir``). The interview gets ``--runs`` runs (median quoted); longer inputs run
-once each (say so beside the numbers). Targets (issue 10): at most 0.5 x the video's duration on two
-cores; peak memory flat in length, under 3 GB at 60 minutes.
+``--workdir``, never the repository. Every run is a fresh process running ``pipeline run --force`` with the
+default checkpoint, which reports its own peak resident set size (``ru_maxrss``), so model loading, imports
+and every stage count, as for a user. It also samples its resident set size every 0.25 s and reports the
+peak while each stage ran (the samples are left in ``rss_trace.json`` of the run's output folder in
+``--workdir``). The interview gets ``--runs`` runs (median quoted); longer inputs run once each (say so
+beside the numbers). Targets (issue 10): at most 0.5 x the video's duration on two cores; peak memory flat
+in length, under 3 GB at 60 minutes.
 
 ``--against CHECKOUT`` runs the same inputs with another checkout's code as well (its rows are labelled
 with its commit), alternating run by run, for a before/after comparison in one run.
