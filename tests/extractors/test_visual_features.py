@@ -276,12 +276,13 @@ def test_a_characters_sequence_is_its_faces_in_the_span_the_surer_one_where_two_
     from extractors.contracts import Character, FaceTrack, VideoInfo
     from extractors.visual_features import VisualResult
 
-    def track(track_id, times, score, value):
+    def track(track_id, times, score):
         return FaceTrack(track_id, 0, [FaceDetection(float(t), (0.0, 0.0, 10.0, 10.0), score,
                                                      np.zeros((5, 2), np.float32)) for t in times])
 
-    tracks = [track("T0", [0.0, 0.25, 0.5, 0.75], 0.9, 0), track("T1", [0.5, 0.75, 1.0], 0.95, 1),
-              track("T2", [0.25, 2.0], 0.99, 2)]
+    tracks = [track("T0", [0.0, 0.25, 0.5, 0.75], 0.9), track("T1", [0.5, 0.75, 1.0], 0.95),
+              track("T2", [0.25, 2.0], 0.99)]
+    # every row of track Tk holds k, so a row says which track it came from
     features = {t.id: np.full((len(t.detections), D_VISUAL), float(k), np.float32) for k, t in enumerate(tracks)}
     info = VideoInfo("x.mp4", 3.0, 25.0, 64, 64, 0, False, None, None)
     result = VisualResult(info, [], tracks, [Character("C0", ["T0", "T1"], None, np.zeros(3, np.float32)),

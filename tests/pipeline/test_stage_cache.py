@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
+from pipeline.errors import UserError
 from pipeline.stage_cache import StageCache, stage_key
 
 
@@ -47,10 +49,6 @@ def test_damaged_arrays_are_recomputed(tmp_path):
 
 
 def test_a_later_stage_reads_back_the_arrays_this_run_stored(tmp_path):
-    import pytest
-
-    from pipeline.errors import UserError
-
     frames = np.arange(12, dtype=np.float32).reshape(4, 3)
     cache = StageCache(tmp_path, force=True)   # --force recomputes, but what this run stored is read back
     cache.run("acoustic", "k", lambda: ({"frame_rate": 50.0}, {"frames": frames}))
