@@ -30,12 +30,13 @@ from __future__ import annotations
 import logging
 import os
 from dataclasses import dataclass
+from collections.abc import Callable
 
 import librosa
 import numpy as np
 import scipy.fft
 
-from extractors.audio import SAMPLE_RATE
+from extractors.audio import SAMPLE_RATE, AudioSamples, as_samples
 from extractors.contracts import SpeakerTurn
 
 log = logging.getLogger(__name__)
@@ -78,10 +79,14 @@ class AcousticFeatureExtractor:
     def __init__(self, config: AcousticConfig | None = None):
         self.config = config or AcousticConfig()
 
-    def frames(self, audio: np.ndarray) -> np.ndarray:
-        """Features of every frame of `audio`: [T, D_ACOUSTIC] float32, frame t centred at t / frame_rate."""
+    def frames(self, audio: AudioSamples) -> np.ndarray:
+        """Features of every frame of `audio`: [T, D_ACOUSTIC] float32, frame t centred at t / frame_rate.
+
+        Audio on disk is read whole (the features are 80 bytes per frame at 50 frames/s: the samples are
+        what is large; the deltas and normalisation want every frame at once).
+        """
         cfg = self.config
-        y = np.asarray(audio, dtype=np.float32).reshape(-1)
+        y = as_samples(audio)[:]
         if len(y) < cfg.n_fft:
             return np.zeros((0, D_ACOUSTIC), np.float32)
         hop = cfg.hop_length
@@ -211,18 +216,32 @@ class WhisperEncoderFeatures:
                 states = x
         return states[0].float().cpu().numpy()                                             # [1500, dim]
 
-    def frames(self, audio: np.ndarray) -> np.ndarray:
-        """[T, dim] float32, state t centred at (t + 0.5) / 50 s."""
-        audio = np.asarray(audio, dtype=np.float32).reshape(-1)
+    def num_frames(self, num_samples: int) -> int:
+        """States :meth:`frames` gives for ``num_samples`` samples of audio."""
+        full, rest = divmod(num_samples, self._chunk_s * SAMPLE_RATE)
+        return full * int(self._chunk_s * self.frame_rate) + int(np.ceil(rest / SAMPLE_RATE * self.frame_rate))
+
+    def frames(self, audio: AudioSamples, out=None, progress: Callable[[float], None] | None = None):
+        """[T, dim] float32, state t centred at (t + 0.5) / 50 s.
+
+        ``out``: where the states go, [num_frames(len(audio)), dim], written a 30 s chunk at a time (for
+        example a :class:`extractors.disk_arrays.RowsWriter`, so an hour's 280 MB of states never sit in
+        memory); returned. Audio on disk is read a chunk at a time.
+        """
+        audio = as_samples(audio)
         chunk = self._chunk_s * SAMPLE_RATE
         per_chunk = int(self._chunk_s * self.frame_rate)                     # 1500 states per full chunk
-        full, rest = divmod(len(audio), chunk)
-        total = full * per_chunk + int(np.ceil(rest / SAMPLE_RATE * self.frame_rate))
-        out = np.empty((total, self.dim), np.float32)   # filled in place: one copy of the states (4.6 MB a minute)
+        total = self.num_frames(len(audio))
+        if out is None:
+            out = np.empty((total, self.dim), np.float32)   # filled in place: one copy of the states (4.6 MB a minute)
+        elif tuple(out.shape) != (total, self.dim):
+            raise ValueError(f"out has shape {tuple(out.shape)}; {len(audio)} samples give {(total, self.dim)}")
         for index, first in enumerate(range(0, len(audio), chunk)):
             part = audio[first: first + chunk]
             states = int(np.ceil(len(part) / SAMPLE_RATE * self.frame_rate))
             out[index * per_chunk: index * per_chunk + states] = self._encode(part)[:states]
+            if progress is not None:
+                progress(min(1.0, (first + chunk) / len(audio)))
         return out
 
     def speaker_span(

@@ -34,7 +34,7 @@ import numpy as np
 from scipy.ndimage import median_filter
 from scipy.optimize import linear_sum_assignment
 
-from extractors.audio import SAMPLE_RATE
+from extractors.audio import SAMPLE_RATE, AudioSamples
 from extractors.contracts import FaceTrack, SpeechSegment
 from extractors.mouth_motion import (
     MouthMeasurement,
@@ -127,17 +127,20 @@ class ActiveSpeakerResult:
 # ------------------------------------------------------------------------------------------ signals
 
 
-def speech_envelope(audio: np.ndarray, times: np.ndarray, regions: Sequence, window_s: float = 0.04) -> np.ndarray:
+def speech_envelope(audio: AudioSamples, times: np.ndarray, regions: Sequence, window_s: float = 0.04) -> np.ndarray:
     """[len(times)] log-RMS of ``audio`` in windows centred on ``times``, floored outside speech regions.
 
     Gating by voice activity makes the envelope flat where nobody speaks, so lips that move in silence
-    (chewing, a smile) cannot correlate with noise.
+    (chewing, a smile) cannot correlate with noise. The span the windows cover is read once (audio on
+    disk is not read whole).
     """
     half = max(1, int(window_s * SAMPLE_RATE / 2))
     centres = np.round(np.asarray(times) * SAMPLE_RATE).astype(np.int64)
     energy = np.empty(len(centres), dtype=np.float64)
+    first = max(0, int(centres.min()) - half) if len(centres) else 0
+    span = audio[first: max(first, int(centres.max()) + half)] if len(centres) else audio[0:0]
     for i, c in enumerate(centres):
-        chunk = audio[max(0, c - half): max(0, c + half)]
+        chunk = span[max(0, c - half) - first: max(0, c + half) - first]
         energy[i] = float(np.sqrt(np.mean(np.square(chunk, dtype=np.float64)))) if chunk.size else 0.0
     envelope = np.log(energy + 1e-4)
     in_speech = np.zeros(len(times), dtype=bool)
@@ -249,7 +252,7 @@ class ActiveSpeakerDetector:
         workers = min(self.workers, max(1, len(measurement.windows)))
         return measurement.run([self.meter(slot) for slot in range(workers)])
 
-    def attribute(self, tracks: Sequence[FaceTrack], character_of_track: dict[str, str], audio: np.ndarray,
+    def attribute(self, tracks: Sequence[FaceTrack], character_of_track: dict[str, str], audio: AudioSamples,
                   segments: Sequence[SpeechSegment], regions: Sequence, samples: MouthSamples) -> ActiveSpeakerResult:
         """Sync evidence of every measured (segment, track), then one assignment over the video."""
         if not segments:
@@ -296,7 +299,7 @@ class ActiveSpeakerDetector:
         path: str | os.PathLike,
         tracks: Sequence[FaceTrack],
         character_of_track: dict[str, str],
-        audio: np.ndarray,
+        audio: AudioSamples,
         segments: Sequence[SpeechSegment],
         regions: Sequence,
         progress: Callable[[float, float], None] | None = None,

@@ -38,7 +38,7 @@ from typing import Literal
 import numpy as np
 import torch
 
-from extractors.audio import SAMPLE_RATE
+from extractors.audio import SAMPLE_RATE, AudioSamples, as_samples
 from extractors.contracts import SpeechSegment, Word
 from extractors.errors import ExtractorError, ModelNotFoundError
 from extractors.io import torch_threads
@@ -144,7 +144,7 @@ class _JoinedTimeline:
     region: a word can never stretch across the silence that was cut out.
     """
 
-    def __init__(self, audio: np.ndarray, regions: list[SpeechRegion], gap_s: float):
+    def __init__(self, audio: AudioSamples, regions: list[SpeechRegion], gap_s: float):
         gap = np.zeros(int(gap_s * SAMPLE_RATE), dtype=np.float32)
         pieces: list[np.ndarray] = []
         self.source: list[SpeechRegion] = []  # each region in the source audio
@@ -343,21 +343,22 @@ class SpeechRecognizer:
 
     def transcribe(
         self,
-        audio: np.ndarray,
+        audio: AudioSamples,
         speech_regions: list[SpeechRegion] | None = None,
         progress: Callable[[float], None] | None = None,
     ) -> list[SpeechSegment]:
         """Segments with words, times in seconds of `audio`; [] when nobody speaks.
 
-        `speech_regions` (from a VAD run the caller already did) skips running the VAD again.
+        `speech_regions` (from a VAD run the caller already did) skips running the VAD again. Audio on disk
+        is read a decoding window at a time.
         """
-        audio = np.asarray(audio, dtype=np.float32).reshape(-1)  # [samples]
+        audio = as_samples(audio)  # [samples]
         if len(audio) == 0:
             return []
         cfg = self.config
         duration = len(audio) / SAMPLE_RATE
         if not cfg.vad_gate:
-            raw, language = self._backend.transcribe(audio, None, progress)
+            raw, language = self._backend.transcribe(audio[:], None, progress)
             return place_in_speech(raw, None, cfg.join_gap_s, language)
         regions = speech_regions if speech_regions is not None else self.vad.detect(audio)
         if not regions:
@@ -383,7 +384,7 @@ class SpeechRecognizer:
             language = language or window_language
         return place_in_speech(raw, allowed, cfg.join_gap_s, language)
 
-    def _decode_window(self, audio: np.ndarray, regions: list[SpeechRegion], duration: float,
+    def _decode_window(self, audio: AudioSamples, regions: list[SpeechRegion], duration: float,
                        bounds: tuple[float, float], whole: bool, progress: Callable[[float], None]
                        ) -> tuple[list[_RawSegment], str]:
         """Raw segments (source times) of the speech regions of one window, decoded inside ``bounds``."""
@@ -401,7 +402,7 @@ class SpeechRecognizer:
         clips = inside(speech_clips(regions, duration, cfg.region_pad_s, cfg.join_gap_s))
         log.debug("ASR: %d clips, %.1f s of %.1f s", len(clips), sum(c.duration for c in clips), duration)
         if whole:   # one window: the decoder sees the file as it is
-            return self._backend.transcribe(audio, clips, progress)
+            return self._backend.transcribe(audio[:], clips, progress)
         offset = clips[0].start
         piece = audio[int(round(offset * SAMPLE_RATE)): int(round(clips[-1].end * SAMPLE_RATE))]
         shifted = [SpeechRegion(c.start - offset, c.end - offset) for c in clips]
@@ -410,16 +411,16 @@ class SpeechRecognizer:
                             [_RawWord(w.text, w.start + offset, w.end + offset, w.probability) for w in r.words])
                 for r in raw], language
 
-    def detect_language(self, audio: np.ndarray) -> tuple[str, float]:
+    def detect_language(self, audio: AudioSamples) -> tuple[str, float]:
         """(ISO code, probability) from the first 30 s of speech; ("en", 1.0) for English-only models."""
-        audio = np.asarray(audio, dtype=np.float32).reshape(-1)  # [samples]
+        audio = as_samples(audio)  # [samples]
         if self.config.vad_gate and len(audio):
             regions = self.vad.detect(audio)
             if regions:  # only the speech, back to back: times do not matter here
                 pieces = [audio[int(r.start * SAMPLE_RATE): int(r.end * SAMPLE_RATE)]
                           for r in padded_regions(regions, len(audio) / SAMPLE_RATE, self.config.region_pad_s)]
                 audio = np.concatenate(pieces)
-        return self._backend.detect_language(audio)
+        return self._backend.detect_language(audio[:])
 
 
 def decode_windows(regions: list[SpeechRegion], duration: float, window_s: float) -> list[tuple[int, int]]:

@@ -1,7 +1,8 @@
 """Audio from any media file (video or audio) as 16 kHz mono float32, decoded with PyAV.
 
 Every audio stage downstream (voice activity, speech recognition, diarization, acoustic features)
-takes this array, so the file is decoded once. A video without an audio stream is a normal case
+takes this array, so the file is decoded once; or the same samples on disk (`decode_audio_to_file`),
+which the stages read a span at a time, so an hour's audio is not held in memory. A video without an audio stream is a normal case
 (silent footage): `load_audio` logs a warning and returns an empty array, which every stage turns
 into "no speech". Callers that cannot do without audio use `load_audio(..., require_audio=True)`.
 """
@@ -15,12 +16,16 @@ from pathlib import Path
 import av
 import numpy as np
 
+from extractors.disk_arrays import RowsOnDisk
 from extractors.errors import MediaError
 from extractors.media import header_end, timeline_origin
 
 log = logging.getLogger(__name__)
 
 SAMPLE_RATE = 16000  # Hz; what whisper, silero-vad and resemblyzer all expect
+
+# 16 kHz mono samples: in memory, or on disk and read a span at a time (see `decode_audio_to_file`).
+AudioSamples = np.ndarray | RowsOnDisk
 
 
 def has_audio_stream(path: str | Path) -> bool:
@@ -49,6 +54,36 @@ def load_audio(
     its header says (truncated) gives what is there and a warning. Missing, unreadable or corrupt
     files raise MediaError.
     """
+    return _decode(Path(path), _Output, sample_rate, start, end, require_audio)
+
+
+def decode_audio_to_file(path: str | Path, target: str | Path, *, require_audio: bool = False) -> RowsOnDisk:
+    """The audio of `path` as :func:`load_audio` gives it, written to `target` as raw float32 samples as it is
+    decoded and read back a span at a time: a long video's audio (230 MB an hour) is never whole in memory."""
+    return _decode(Path(path), lambda capacity: _FileOutput(target), SAMPLE_RATE, None, None, require_audio)
+
+
+def as_samples(audio: AudioSamples) -> AudioSamples:
+    """What the audio stages take: a 1-d float32 array, or audio on disk as it is (read a span at a time)."""
+    if isinstance(audio, RowsOnDisk):
+        return audio
+    return np.asarray(audio, dtype=np.float32).reshape(-1)
+
+
+def mean_square(audio: AudioSamples, block: int = 60 * SAMPLE_RATE) -> float:
+    """Mean of the squared samples (0 for no samples); audio on disk a block at a time."""
+    if isinstance(audio, np.ndarray):
+        return float(np.dot(audio, audio)) / len(audio) if len(audio) else 0.0
+    total = 0.0
+    for first in range(0, len(audio), block):
+        piece = np.asarray(audio[first: first + block], np.float32)
+        total += float(np.dot(piece, piece))
+    return total / len(audio) if len(audio) else 0.0
+
+
+def _decode(path: Path, make_output, sample_rate: int, start: float | None, end: float | None,
+            require_audio: bool):
+    """Decodes into ``make_output(capacity in samples)`` (see :class:`_Output`); returns its result."""
     path = Path(path)
     with _open(path) as container:
         if not container.streams.audio:
@@ -56,7 +91,7 @@ def load_audio(
             if require_audio:
                 raise MediaError(f"{message}; use a file with a sound track")
             log.warning("%s: treating it as silent (no speech, no acoustic features)", message)
-            return np.zeros(0, dtype=np.float32)
+            return make_output(0).result(0)
         stream = container.streams.audio[0]
         stream.thread_type = "AUTO"
         origin = timeline_origin(container)
@@ -64,7 +99,7 @@ def load_audio(
         header = header_end(container, stream)
         expected_end = None if header is None else header - origin       # seconds from the origin
         known_end = min(e for e in (end, expected_end, float("inf")) if e is not None)
-        output = _Output(sample_rate * (known_end - span_start + 2.0) if np.isfinite(known_end) else 0)
+        output = make_output(sample_rate * (known_end - span_start + 2.0) if np.isfinite(known_end) else 0)
         timeline = _Timeline(output, sample_rate, origin=origin, span_start=span_start, path=path)
         stopped_early = False
         try:
@@ -260,6 +295,33 @@ class _Output:
         audio = self.buffer[:length]
         np.clip(audio, -1.0, 1.0, out=audio)
         return audio
+
+
+class _FileOutput:
+    """The decoded signal written into a file of raw float32 samples as it comes, clipped on the way (what
+    :class:`_Output` does in memory); a hole left by the timestamps reads as zeros."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.handle = open(self.path, "wb")
+
+    def put(self, position: int, samples: np.ndarray) -> int:
+        skip = max(0, -position)
+        if skip < len(samples):
+            self.handle.seek((position + skip) * 4)
+            self.handle.write(np.clip(samples[skip:], -1.0, 1.0).astype(np.float32, copy=False).tobytes())
+        return position + len(samples)
+
+    def result(self, length: int) -> RowsOnDisk:
+        self.handle.truncate(length * 4)   # cuts a span's end, or pads a silent tail with zeros
+        self.handle.close()
+        return RowsOnDisk.raw(self.path, np.float32)
+
+    def __del__(self):   # a failed decode closes its file (the caller removes it)
+        handle = getattr(self, "handle", None)
+        if handle is not None and not handle.closed:
+            handle.close()
 
 
 def audio_duration(audio: np.ndarray, sample_rate: int = SAMPLE_RATE) -> float:

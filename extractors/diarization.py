@@ -31,7 +31,7 @@ from scipy.ndimage import median_filter
 from sklearn.cluster import KMeans
 from threadpoolctl import threadpool_limits
 
-from extractors.audio import SAMPLE_RATE
+from extractors.audio import SAMPLE_RATE, AudioSamples, as_samples, mean_square
 from extractors.contracts import SpeakerTurn, SpeechSegment, Word
 from extractors.errors import ModelNotFoundError
 from extractors.io import return_freed_memory, torch_threads, write_atomically
@@ -45,21 +45,21 @@ _MEL_FFT, _MEL_HOP, _MEL_BANDS = 400, 160, 40   # resemblyzer's 25 ms window, 10
 _MEL_CHUNK_FRAMES = 6000                        # mel frames computed at once (60 s): bounds the memory
 
 
-def voice_mel(audio: np.ndarray, chunk_frames: int = _MEL_CHUNK_FRAMES) -> np.ndarray:
+def voice_mel(audio: AudioSamples, chunk_frames: int = _MEL_CHUNK_FRAMES) -> np.ndarray:
     """What resemblyzer's encoder reads, ``wav_to_mel_spectrogram(normalize_volume(audio, -30,
     increase_only=True))`` ([F, 40] float32), computed over chunks: the whole-file version holds the
     complex spectrum of the whole audio and a gained copy (220 MB at 10 minutes, against 29 MB in chunks).
 
     Chunks overlap by the analysis window and are cut on frame boundaries, with the zeros librosa's centred
-    framing pads with at the ends, so the frames are those of the whole-file analysis.
+    framing pads with at the ends, so the frames are those of the whole-file analysis. Audio on disk is read
+    a chunk at a time.
     """
     import librosa
 
-    audio = np.asarray(audio, dtype=np.float32).reshape(-1)
+    audio = as_samples(audio)
     if not len(audio):
         return np.zeros((0, _MEL_BANDS), np.float32)
-    mean_square = float(np.dot(audio, audio)) / len(audio)
-    change_db = -30.0 - 10.0 * np.log10(max(mean_square, 1e-20))
+    change_db = -30.0 - 10.0 * np.log10(max(mean_square(audio), 1e-20))
     gain = np.float32(10.0 ** (change_db / 20.0)) if change_db > 0 else np.float32(1.0)   # increase only
     total = 1 + len(audio) // _MEL_HOP                # librosa's centred frame count
     out = np.empty((total, _MEL_BANDS), np.float32)
@@ -131,11 +131,11 @@ class SpeakerDiarizer:
             self._vad = VoiceActivityDetector()
         return self._vad
 
-    def __call__(self, audio: np.ndarray, **kwargs) -> list[SpeakerTurn]:
+    def __call__(self, audio: AudioSamples, **kwargs) -> list[SpeakerTurn]:
         return self.diarize(audio, **kwargs)
 
     def embed_windows(
-        self, audio: np.ndarray, regions: list[SpeechRegion]
+        self, audio: AudioSamples, regions: list[SpeechRegion]
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(embeddings [N, 256], window frame ranges [N, 2], reliable [N] bool) over the speech regions.
 
@@ -144,7 +144,7 @@ class SpeakerDiarizer:
         """
         cfg = self.config
         empty = np.zeros((0, 256), np.float32), np.zeros((0, 2), np.int64), np.zeros(0, bool)
-        if not regions or not np.any(audio):
+        if not regions or mean_square(audio) == 0.0:   # silence: no voice to embed
             return empty
         mel = voice_mel(audio)                                  # [F, 40]
         window, step = int(cfg.window_s * FRAME_RATE), int(cfg.step_s * FRAME_RATE)
@@ -266,7 +266,7 @@ class SpeakerDiarizer:
 
     def diarize(
         self,
-        audio: np.ndarray,
+        audio: AudioSamples,
         speech_regions: list[SpeechRegion] | None = None,
         num_speakers: int | None = None,
         progress: Callable[[float], None] | None = None,
@@ -288,7 +288,7 @@ class SpeakerDiarizer:
                 raise ValueError(f"{name} must be at least 1, got {value}")
         if min_speakers is not None and max_speakers is not None and min_speakers > max_speakers:
             raise ValueError(f"min_speakers {min_speakers} > max_speakers {max_speakers}")
-        audio = np.asarray(audio, dtype=np.float32).reshape(-1)
+        audio = as_samples(audio)
         regions = speech_regions if speech_regions is not None else self.vad.detect(audio)
         embeddings, ranges, reliable = self.embed_windows(audio, regions)
         if progress is not None:

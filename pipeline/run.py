@@ -40,6 +40,7 @@ from typing import Any
 import numpy as np
 
 from extractors.contracts import SpeakerTurn, SpeechSegment, VideoInfo
+from extractors.disk_arrays import RowsOnDisk
 from extractors.errors import ExtractorError, MediaError
 from extractors.moments import MODALITIES, ModalityInputs, Moment, build_moments, split_at_pauses
 from pipeline.config import PipelineConfig
@@ -184,33 +185,40 @@ def run_beside(main: Callable[[], Any], side: Callable[[Progress], Any], report:
 
 
 class DecodedAudio:
-    """The input's 16 kHz mono audio, decoded when a stage first asks for it and let go (:meth:`release`)
-    while no stage needs it, so a long video's audio (230 MB an hour) is not held through the visual pass,
-    text and scoring; decoding again costs about 1 s per 10 minutes of audio."""
+    """The input's 16 kHz mono audio, decoded once, when a stage first asks for it, into a file in the stage
+    folder, and read from there a span at a time by every audio stage: a long video's audio (230 MB an hour)
+    is never held in memory. :meth:`release` removes the file once the last stage that reads it is done."""
 
-    def __init__(self, video: Path, strict: bool = False):
+    def __init__(self, video: Path, folder: Path, strict: bool = False):
         self.video = video
-        self.strict = strict      # no audio stream: an error rather than an empty array
+        self.path = folder / f".audio.{os.getpid()}.f32"   # raw float32 samples
+        self.strict = strict      # no audio stream: an error rather than no samples
         self.decodes = 0
-        self._samples: np.ndarray | None = None
+        self._samples: RowsOnDisk | None = None
         self._lock = threading.Lock()
 
-    def __call__(self) -> np.ndarray:
+    def __call__(self) -> RowsOnDisk:
         with self._lock:
             if self._samples is None:
-                from extractors.audio import load_audio
+                from extractors.audio import decode_audio_to_file
 
-                self._samples = load_audio(self.video, require_audio=self.strict)
+                try:
+                    self._samples = decode_audio_to_file(self.video, self.path, require_audio=self.strict)
+                except BaseException:
+                    self.path.unlink(missing_ok=True)
+                    raise
                 self.decodes += 1
             return self._samples
 
     @property
     def held(self) -> bool:
+        """Whether the decoded samples are on disk now."""
         return self._samples is not None
 
     def release(self) -> None:
         with self._lock:
             self._samples = None
+            self.path.unlink(missing_ok=True)
 
 
 class PipelineRunner:
@@ -225,7 +233,7 @@ class PipelineRunner:
 
         self.scorer = EmotionScorer.load(checkpoint, device=self.device)
         self.stages.acoustic_whisper_blocks = self.scorer.acoustic_whisper_blocks
-        self.audio: DecodedAudio | None = None   # the last run's audio (decoded only while stages need it)
+        self.audio: DecodedAudio | None = None   # the last run's audio (on disk only while stages need it)
 
     # --------------------------------------------------------------------------------------- run
 
@@ -249,6 +257,9 @@ class PipelineRunner:
             if created:  # bad input found late: leave nothing behind
                 shutil.rmtree(output, ignore_errors=True)
             raise
+        finally:
+            if self.audio is not None:
+                self.audio.release()   # the decoded samples' file, when a stage failed before the last read
 
     def _run(self, video, output, info, cast, num_speakers, force, strict, progress, on_stage_done, started):
         report = progress or (lambda stage, fraction: None)
@@ -256,7 +267,7 @@ class PipelineRunner:
         cache = StageCache(output / STAGE_FOLDER, force=force, on_stage_done=on_stage_done)
         sha = file_sha256(video)
         cfg = self.config
-        self.audio = audio = DecodedAudio(video, strict)
+        self.audio = audio = DecodedAudio(video, output / STAGE_FOLDER, strict)
 
         def settings(name: str) -> dict:
             return asdict(getattr(cfg, name))
@@ -313,11 +324,15 @@ class PipelineRunner:
                 if not regions:   # no speech: no segment will read acoustic frames
                     dim = extractor.dim if acoustic_kind == "whisper" else extractor.frames(np.zeros(0)).shape[1]
                     return {"frame_rate": frame_rate}, {"frames": np.zeros((0, dim), np.float32)}
-                return {"frame_rate": frame_rate}, {"frames": extractor.frames(audio())}
+                if acoustic_kind != "whisper":
+                    return {"frame_rate": frame_rate}, {"frames": extractor.frames(audio())}
+                samples = audio()   # the states go to the stage cache a 30 s chunk at a time (280 MB an hour)
+                frames = cache.array_writer("acoustic", "frames", (extractor.num_frames(len(samples)), extractor.dim))
+                extractor.frames(samples, out=frames, progress=lambda f: progress("acoustic", f))
+                return {"frame_rate": frame_rate}, {"frames": frames}
 
             acoustic_data = cache.run("acoustic", acoustic_key, compute_acoustic)[0]   # frames: read back to score
             progress("acoustic", 1.0)
-            audio.release()   # not needed again until diarization, after the visual pass
             return regions, raw, acoustic_data
 
         beside_measurement: list = []          # the side thread's mouth measurement, for this thread to join
@@ -468,8 +483,8 @@ class PipelineRunner:
                                 {}, [visual_key, speaking_key, acoustic_key, text_key])
 
         def compute_scoring():
-            # The frames and token embeddings are read back from the stage cache only now (an hour of
-            # acoustic frames is 280 MB), and let go with the scores.
+            # The token embeddings are read back from the stage cache only now, and let go with the scores;
+            # the acoustic frames (280 MB an hour) are read a segment's span at a time.
             inputs = self._modality_inputs(moments, visual, segments,
                                            cache.stored_arrays("acoustic", acoustic_key)["frames"],
                                            float(acoustic_data["frame_rate"]), cache.stored_arrays("text", text_key))

@@ -1,7 +1,9 @@
 """The stage cache of ``pipeline run``: finished stages are reused, an interrupted run resumes.
 
 Each stage result lives in the output folder's ``.stages/`` as ``<stage>.json`` (plain data from the
-stage's ``serialize()``) and, when it has arrays, ``<stage>.npz``. Its key is the SHA-256 of the input
+stage's ``serialize()``) and, when it has arrays, ``<stage>.npz``; an array too large to hold (an hour's
+acoustic frames) is written by the stage a slice at a time through :meth:`StageCache.array_writer` into
+``<stage>.<name>.npy`` and read back a slice at a time (:class:`extractors.disk_arrays.RowsOnDisk`). Its key is the SHA-256 of the input
 file's content, the stage's settings, the versions of the models it uses and the keys of the stages it
 reads: change any of them and the stage (and everything after it) runs again. The arrays are written
 first and the JSON, which names the key and the arrays' digest, last, each atomically: a result is there
@@ -13,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -21,6 +24,7 @@ from typing import Any
 
 import numpy as np
 
+from extractors.disk_arrays import RowsOnDisk, RowsWriter
 from extractors.io import return_freed_memory, write_atomically
 from pipeline.errors import UserError
 
@@ -75,19 +79,28 @@ class StageCache:
     def _paths(self, stage: str) -> tuple[Path, Path]:
         return self.folder / f"{stage}.json", self.folder / f"{stage}.npz"
 
+    def _file_path(self, stage: str, name: str) -> Path:
+        return self.folder / f"{stage}.{name}.npy"
+
+    def array_writer(self, stage: str, name: str, shape: tuple[int, ...], dtype=np.float32) -> RowsWriter:
+        """A file for one large array of ``stage``'s result, written a slice at a time; the stage returns the
+        writer among its arrays and :meth:`store` puts the file in place (read back as a RowsOnDisk)."""
+        return RowsWriter(self.folder / f".{stage}.{name}.npy.{os.getpid()}.partial", shape, dtype)
+
     def load(self, stage: str, key: str) -> tuple[dict, dict[str, np.ndarray]] | None:
         """The stored (data, arrays) of ``stage`` when its key matches, else None."""
         return None if self.force else self._read(stage, key)
 
-    def stored_arrays(self, stage: str, key: str) -> dict[str, np.ndarray]:
-        """The arrays of a result :meth:`run` gave in this run (read back, so nobody holds them in between)."""
+    def stored_arrays(self, stage: str, key: str) -> dict[str, np.ndarray | RowsOnDisk]:
+        """The arrays of a result :meth:`run` gave in this run (read back, so nobody holds them in between;
+        arrays written through :meth:`array_writer` are read a slice at a time)."""
         stored = self._read(stage, key)
         if stored is None:
             raise UserError(f"the {stage} stage's result in {self.folder} was removed or changed during the run "
                             "(is another run writing to the same output folder?)")
         return stored[1]
 
-    def _read(self, stage: str, key: str) -> tuple[dict, dict[str, np.ndarray]] | None:
+    def _read(self, stage: str, key: str) -> tuple[dict, dict[str, np.ndarray | RowsOnDisk]] | None:
         meta_path, arrays_path = self._paths(stage)
         if not meta_path.is_file():
             return None
@@ -95,12 +108,17 @@ class StageCache:
             document = json.loads(meta_path.read_text(encoding="utf-8"))
             if document.get("key") != key or document.get("format") != CACHE_FORMAT:
                 return None
-            arrays: dict[str, np.ndarray] = {}
+            arrays: dict[str, np.ndarray | RowsOnDisk] = {}
             if document.get("arrays_sha256"):
                 if not arrays_path.is_file() or _arrays_digest(arrays_path) != document["arrays_sha256"]:
                     return None
                 with np.load(arrays_path, allow_pickle=False) as stored:
                     arrays = {name: stored[name] for name in stored.files}
+            for name, digest in document.get("files", {}).items():
+                path = self._file_path(stage, name)
+                if not path.is_file() or _arrays_digest(path) != digest:
+                    return None
+                arrays[name] = RowsOnDisk.npy(path)
             return document["data"], arrays
         except (OSError, ValueError, KeyError) as error:  # unreadable cache entry: recompute, never crash
             log.warning("stage cache %s unreadable (%s); recomputing", meta_path, error)
@@ -116,17 +134,33 @@ class StageCache:
         except (OSError, ValueError):
             return False
         return (document.get("key") == key and document.get("format") == CACHE_FORMAT
-                and (not document.get("arrays_sha256") or arrays_path.is_file()))
+                and (not document.get("arrays_sha256") or arrays_path.is_file())
+                and all(self._file_path(stage, name).is_file() for name in document.get("files", {})))
 
-    def store(self, stage: str, key: str, data: dict, arrays: dict[str, np.ndarray] | None = None) -> None:
+    def store(self, stage: str, key: str, data: dict, arrays: dict[str, np.ndarray | RowsWriter] | None = None
+              ) -> dict[str, np.ndarray | RowsOnDisk]:
+        """Stores a result (arrays first, the JSON last); returns its arrays, files as their readers."""
         meta_path, arrays_path = self._paths(stage)
+        arrays = dict(arrays or {})
+        in_memory = {name: a for name, a in arrays.items() if not isinstance(a, RowsWriter)}
         digest = None
-        if arrays:
-            write_atomically(arrays_path, lambda temporary: _save_npz(temporary, arrays))
+        if in_memory:
+            write_atomically(arrays_path, lambda temporary: _save_npz(temporary, in_memory))
             digest = _arrays_digest(arrays_path)
+        files = {}
+        for name, writer in arrays.items():
+            if isinstance(writer, RowsWriter):
+                writer.close()
+                path = self._file_path(stage, name)
+                os.replace(writer.path, path)
+                files[name] = _arrays_digest(path)
+                arrays[name] = RowsOnDisk.npy(path)
         document = {"format": CACHE_FORMAT, "stage": stage, "key": key, "arrays_sha256": digest, "data": data}
+        if files:
+            document["files"] = files
         text = json.dumps(document, allow_nan=False, separators=(",", ":"))
         write_atomically(meta_path, lambda temporary: temporary.write_text(text, encoding="utf-8"))
+        return arrays
 
     def run(self, stage: str, key: str, compute: Callable[[], tuple[dict, dict[str, np.ndarray]]]
             ) -> tuple[dict, dict[str, np.ndarray]]:
@@ -138,9 +172,14 @@ class StageCache:
             log.info("%s: reused from the stage cache", stage)
             result = stored
         else:
-            data, arrays = compute()
+            try:
+                data, arrays = compute()
+            except BaseException:
+                for partial in self.folder.glob(f".{stage}.*.{os.getpid()}.partial"):   # a file it was writing
+                    partial.unlink(missing_ok=True)
+                raise
             return_freed_memory()  # what the stage freed leaves the process before the next stage grows
-            self.store(stage, key, data, arrays)
+            arrays = self.store(stage, key, data, arrays)
             record = StageRecord(time.perf_counter() - started, False, key)
             log.info("%s: %.1f s", stage, record.seconds)
             result = (data, arrays)

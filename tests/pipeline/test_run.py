@@ -116,8 +116,8 @@ def test_changed_setting_recomputes_that_stage_and_later(runner, media_dir, inte
 def test_audio_stages_after_the_visual_pass_give_the_same_timeline(runner, media_dir, interview_run, tmp_path, order):
     """The default run has VAD, ASR and acoustic features and then the mouth measurement in a thread beside
     the visual pass; one stage after another (or the mouths alone after it) must give the same timeline
-    (nothing shared between the two threads leaks). The decoded audio is let go between the audio chain
-    and diarization, and after the speaking stage."""
+    (nothing shared between the two threads leaks). The audio is decoded once, to a file in the stage folder
+    that the audio stages read a span at a time, removed after the speaking stage."""
     from pipeline.config import PipelineConfig
     from pipeline.run import PipelineRunner
 
@@ -125,13 +125,20 @@ def test_audio_stages_after_the_visual_pass_give_the_same_timeline(runner, media
     sequential = PipelineRunner(PipelineConfig(**order, device="cpu"))
     sequential.stages = runner.stages   # same models
     audio_held = {}
+
+    def on_stage_done(stage, record):
+        audio_held[stage] = sequential.audio.held and sequential.audio.path.is_file()
+
     second = sequential.run(media_dir / "visualvoice_interview.mp4", tmp_path / "sequential",
-                            on_stage_done=lambda stage, record: audio_held.update({stage: sequential.audio.held}))
+                            on_stage_done=on_stage_done)
     strip = lambda d: {k: v for k, v in d.items() if k != "provenance"}  # noqa: E731
     assert strip(second.document) == strip(first.document)
-    assert audio_held["asr"] and audio_held["diarization"] and audio_held["speaking"]
-    assert not audio_held["mouths"] and not audio_held["text"] and not audio_held["scoring"]
-    assert sequential.audio.decodes == 2 and not sequential.audio.held
+    assert audio_held["asr"] and audio_held["acoustic"] and audio_held["diarization"] and audio_held["speaking"]
+    assert not audio_held["text"] and not audio_held["scoring"]
+    assert sequential.audio.decodes == 1 and not sequential.audio.held
+    stage_files = sorted(p.name for p in (tmp_path / "sequential" / ".stages").iterdir())
+    assert "acoustic.frames.npy" in stage_files   # the states, read back a segment at a time
+    assert not [name for name in stage_files if name.startswith(".")], stage_files   # no audio file, no partials
 
 
 def test_sample_clip(runner, tmp_path):
