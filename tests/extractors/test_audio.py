@@ -46,6 +46,21 @@ def test_audio_track_of_a_video_is_resampled(media_dir):
     assert has_audio_stream(media_dir / "visualvoice_interview.mp4")
 
 
+def write_flac(path, signal: np.ndarray):
+    """``signal`` (16 kHz mono float32) as a FLAC file at ``path``; returns the path."""
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("flac", rate=SAMPLE_RATE)
+        stream.layout = "mono"
+        for first in range(0, len(signal), 4096):
+            frame = av.AudioFrame.from_ndarray(signal[None, first: first + 4096], format="flt", layout="mono")
+            frame.sample_rate = SAMPLE_RATE
+            for packet in stream.encode(frame):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    return path
+
+
 def test_video_without_audio_is_silent_with_a_warning(tmp_path, caplog):
     video = tmp_path / "silent.mp4"
     make_video_without_audio(video)
@@ -115,19 +130,7 @@ def test_a_truncated_file_gives_what_is_there_and_warns(tmp_path, caplog, name, 
 def test_decoding_holds_one_copy_of_the_signal(tmp_path, media_dir):
     # An hour at 16 kHz is 230 MB; decoded chunks joined, padded and clipped held three or four copies.
     speech = load_audio(media_dir / "jfk.flac")
-    path = tmp_path / "long.flac"
-    with av.open(str(path), "w") as container:
-        stream = container.add_stream("flac", rate=SAMPLE_RATE)
-        stream.layout = "mono"
-        signal = np.tile(speech, 11)[None]                             # [1, S]: 121 s
-        for first in range(0, signal.shape[1], 4096):
-            frame = av.AudioFrame.from_ndarray(signal[:, first: first + 4096], format="flt", layout="mono")
-            frame.sample_rate = SAMPLE_RATE
-            for packet in stream.encode(frame):
-                container.mux(packet)
-        for packet in stream.encode():
-            container.mux(packet)
-    del signal
+    path = write_flac(tmp_path / "long.flac", np.tile(speech, 11))   # 121 s
     tracemalloc.start()   # numpy reports its buffers to tracemalloc
     try:
         audio = load_audio(path)

@@ -56,3 +56,46 @@ def test_a_later_stage_reads_back_the_arrays_this_run_stored(tmp_path):
     (tmp_path / "acoustic.npz").unlink()
     with pytest.raises(UserError, match="removed or changed during the run"):
         cache.stored_arrays("acoustic", "k")
+
+
+def test_a_large_array_goes_to_its_own_file_and_is_read_back_in_slices(tmp_path):
+    from extractors.disk_arrays import RowsOnDisk
+
+    frames = np.arange(40, dtype=np.float32).reshape(10, 4)
+    calls = []
+
+    def compute(cache):
+        calls.append(1)
+        writer = cache.array_writer("acoustic", "frames", frames.shape)
+        for first in range(0, 10, 3):
+            writer[first: first + 3] = frames[first: first + 3]
+        return {"frame_rate": 50.0}, {"frames": writer, "small": np.ones(2)}
+
+    cache = StageCache(tmp_path)
+    data, arrays = cache.run("acoustic", "k", lambda: compute(cache))
+    assert isinstance(arrays["frames"], RowsOnDisk) and np.array_equal(arrays["frames"][2:5], frames[2:5])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["acoustic.frames.npy", "acoustic.json", "acoustic.npz"]
+    stored = StageCache(tmp_path).stored_arrays("acoustic", "k")
+    assert isinstance(stored["frames"], RowsOnDisk) and np.array_equal(stored["frames"][:], frames)
+    assert np.array_equal(stored["small"], np.ones(2))
+    assert StageCache(tmp_path).holds("acoustic", "k")
+    StageCache(tmp_path).run("acoustic", "k", lambda: compute(cache))
+    assert len(calls) == 1                       # reused
+    np.save(tmp_path / "acoustic.frames.npy", frames + 1)   # changed: its digest no longer matches
+    StageCache(tmp_path).run("acoustic", "k", lambda: compute(cache))
+    assert len(calls) == 2
+    (tmp_path / "acoustic.frames.npy").unlink()
+    assert not StageCache(tmp_path).holds("acoustic", "k")
+
+
+def test_a_stage_that_fails_while_writing_a_large_array_leaves_no_partial_file(tmp_path):
+    cache = StageCache(tmp_path)
+
+    def compute():
+        writer = cache.array_writer("acoustic", "frames", (10, 4))
+        writer[0:2] = np.ones((2, 4))
+        raise RuntimeError("killed mid-stage")
+
+    with pytest.raises(RuntimeError):
+        cache.run("acoustic", "k", compute)
+    assert list(tmp_path.iterdir()) == []
