@@ -17,6 +17,11 @@ vad, asr and acoustic read only the audio, so they run in a second thread while 
 speech windows the visual pass has settled (every track there closed), trailing it; when the visual pass
 ends, this thread helps with the windows left. The later stages start when both are done.
 
+Memory stays near flat in the video's length: the audio is decoded once into a file in the stage folder
+that every audio stage reads a span at a time (:class:`DecodedAudio`), the Whisper states go to the stage
+cache a 30 s chunk at a time and scoring reads them back a segment at a time, and RAMer scores the moments
+in chunks (:data:`pipeline.scoring.SCORING_CHUNK_BATCHES`).
+
 :class:`PipelineRunner` holds the configured stages (models load on first use and stay loaded, so a
 batch worker reuses them) and the RAMer checkpoint. Bad input is refused before anything is written;
 a failure later removes an output folder this run created, and the timeline itself is only ever

@@ -160,6 +160,11 @@ class StageCache:
             document["files"] = files
         text = json.dumps(document, allow_nan=False, separators=(",", ":"))
         write_atomically(meta_path, lambda temporary: temporary.write_text(text, encoding="utf-8"))
+        if not in_memory:
+            arrays_path.unlink(missing_ok=True)   # an earlier result's arrays, no longer named by the JSON
+        for stale in self.folder.glob(f"{stage}.*.npy"):
+            if stale.name[len(stage) + 1: -len(".npy")] not in files:
+                stale.unlink(missing_ok=True)
         return arrays
 
     def run(self, stage: str, key: str, compute: Callable[[], tuple[dict, dict[str, np.ndarray]]]

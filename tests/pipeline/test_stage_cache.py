@@ -99,3 +99,18 @@ def test_a_stage_that_fails_while_writing_a_large_array_leaves_no_partial_file(t
     with pytest.raises(RuntimeError):
         cache.run("acoustic", "k", compute)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_result_stored_again_leaves_no_file_of_the_one_it_replaced(tmp_path):
+    cache = StageCache(tmp_path, force=True)
+
+    def on_disk():
+        writer = cache.array_writer("acoustic", "frames", (4, 2))
+        writer[0:4] = np.ones((4, 2))
+        return {}, {"frames": writer}
+
+    cache.run("acoustic", "k", on_disk)
+    cache.run("acoustic", "k", lambda: ({}, {"frames": np.ones((4, 2))}))    # e.g. another checkpoint's features
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["acoustic.json", "acoustic.npz"]
+    cache.run("acoustic", "k", on_disk)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["acoustic.frames.npy", "acoustic.json"]
