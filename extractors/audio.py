@@ -2,8 +2,8 @@
 
 Every audio stage downstream (voice activity, speech recognition, diarization, acoustic features)
 takes this array, so the file is decoded once; or the same samples on disk (`decode_audio_to_file`),
-which the stages read a span at a time, so an hour's audio is not held in memory. A video without an audio stream is a normal case
-(silent footage): `load_audio` logs a warning and returns an empty array, which every stage turns
+which the stages read a span at a time, so an hour's audio is not held in memory. A video without an
+audio stream is a normal case (silent footage): `load_audio` logs a warning and returns an empty array, which every stage turns
 into "no speech". Callers that cannot do without audio use `load_audio(..., require_audio=True)`.
 """
 
@@ -71,14 +71,13 @@ def as_samples(audio: AudioSamples) -> AudioSamples:
 
 
 def mean_square(audio: AudioSamples, block: int = 60 * SAMPLE_RATE) -> float:
-    """Mean of the squared samples (0 for no samples); audio on disk a block at a time."""
+    """Mean of the squared samples (0 for no samples); audio on disk a block at a time (an array in memory in
+    one product, so its value is the one the stages always computed)."""
+    if not len(audio):
+        return 0.0
     if isinstance(audio, np.ndarray):
-        return float(np.dot(audio, audio)) / len(audio) if len(audio) else 0.0
-    total = 0.0
-    for first in range(0, len(audio), block):
-        piece = np.asarray(audio[first: first + block], np.float32)
-        total += float(np.dot(piece, piece))
-    return total / len(audio) if len(audio) else 0.0
+        return float(np.dot(audio, audio)) / len(audio)
+    return sum(float(np.dot(piece, piece)) for _, piece in audio.blocks(block)) / len(audio)
 
 
 def _decode(path: Path, make_output, sample_rate: int, start: float | None, end: float | None,

@@ -48,10 +48,6 @@ class RowsOnDisk:
     def __len__(self) -> int:
         return self.shape[0]
 
-    @property
-    def ndim(self) -> int:
-        return len(self.shape)
-
     def __getitem__(self, key) -> np.ndarray:
         """Rows ``key`` (a slice with step 1, or one index) read from the file into a new array."""
         if isinstance(key, (int, np.integer)):
@@ -81,10 +77,6 @@ class RowsOnDisk:
         """(first row, array of up to ``rows`` rows) over the whole array, in order."""
         for first in range(0, len(self), rows):
             yield first, self[first: first + rows]
-
-    def load(self) -> np.ndarray:
-        """The whole array in memory (for the few consumers that need it at once)."""
-        return self[:]
 
 
 class RowsWriter:
@@ -127,4 +119,3 @@ class RowsWriter:
 
     def __exit__(self, *exc) -> None:
         self.close()
-

@@ -1,7 +1,8 @@
 """Voice activity detection with the Silero VAD model that the silero-vad package ships.
 
 Input is the 16 kHz mono float32 array from `extractors.audio.load_audio`, or the same samples on
-disk (`extractors.audio.decode_audio_to_file`) (silero-vad's own file reader needs torchaudio, which does not import on CPU-only torch). Output is a list of speech
+disk (`extractors.audio.decode_audio_to_file`); silero-vad's own file reader needs torchaudio, which
+does not import on CPU-only torch. Output is a list of speech
 regions in seconds; everything downstream (speech recognition, diarization) only looks inside them,
 which is what keeps silence from turning into hallucinated text.
 """

@@ -3,11 +3,11 @@
 Each stage result lives in the output folder's ``.stages/`` as ``<stage>.json`` (plain data from the
 stage's ``serialize()``) and, when it has arrays, ``<stage>.npz``; an array too large to hold (an hour's
 acoustic frames) is written by the stage a slice at a time through :meth:`StageCache.array_writer` into
-``<stage>.<name>.npy`` and read back a slice at a time (:class:`extractors.disk_arrays.RowsOnDisk`). Its key is the SHA-256 of the input
-file's content, the stage's settings, the versions of the models it uses and the keys of the stages it
-reads: change any of them and the stage (and everything after it) runs again. The arrays are written
-first and the JSON, which names the key and the arrays' digest, last, each atomically: a result is there
-whole or not at all, so a run killed mid-stage resumes at that stage.
+``<stage>.<name>.npy`` and read back a slice at a time (:class:`extractors.disk_arrays.RowsOnDisk`).
+Its key is the SHA-256 of the input file's content, the stage's settings, the versions of the models it
+uses and the keys of the stages it reads: change any of them and the stage (and everything after it) runs
+again. The arrays are written first and the JSON, which names the key and the arrays' digests, last, each
+atomically: a result is there whole or not at all, so a run killed mid-stage resumes at that stage.
 """
 
 from __future__ import annotations

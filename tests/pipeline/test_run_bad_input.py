@@ -93,6 +93,19 @@ def test_no_faces(tmp_path, capsys):
     assert_refused(capsys, run_cli(video, "-o", tmp_path / "out"), tmp_path / "out", "no faces")
 
 
+def test_a_late_failure_in_an_existing_folder_leaves_no_decoded_audio(tmp_path, capsys):
+    """The folder was there before, so it stays; the audio the run decoded into its stage folder goes."""
+    rng = np.random.default_rng(0)
+    frames = [np.clip(rng.normal(120, 30, (240, 320, 3)), 0, 255).astype(np.uint8) for _ in range(50)]
+    speech = np.sin(np.linspace(0, 2000 * np.pi, 32000)) * (np.arange(32000) % 8000 < 5000)   # tone bursts
+    video = write_video(tmp_path / "faceless.mp4", frames, 0.3 * speech)
+    out = tmp_path / "existing"
+    out.mkdir()
+    assert run_cli(video, "-o", out) == 2
+    assert "no faces" in capsys.readouterr().err
+    assert not list(out.rglob("*.f32")), list(out.rglob("*"))
+
+
 def test_video_without_audio(runner, face_frames, tmp_path, capsys):
     video = write_video(tmp_path / "mute.mp4", face_frames)
     result = runner.run(video, tmp_path / "out")
