@@ -52,3 +52,39 @@ def test_unknown_keys_are_refused(tmp_path):
     broken["characters"][0]["mood"] = "sunny"
     with pytest.raises(UserError):
         write_timeline(broken, tmp_path / "t.json")
+
+
+def many_faces(detections: int) -> dict:
+    document = minimal()
+    document["faces"]["tracks"][0]["detections"] = [
+        {"t": i / 4, "box": [10.5, 20.25, 110.5, 140.75], "score": 0.9931, "expression": [0.1234]}
+        for i in range(detections)]
+    return document
+
+
+def test_write_streams_the_text(tmp_path):
+    """An hour of TV is a 12 MB timeline: the write holds no copy of its text (json.dumps with an indent
+    joins millions of chunks into one string, which was a 60-minute run's peak)."""
+    import tracemalloc
+
+    document = many_faces(20_000)
+    tracemalloc.start()
+    try:
+        path = write_timeline(document, tmp_path / "t.json")
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    size = path.stat().st_size
+    assert size > 2_000_000
+    assert peak < size / 4, f"the write held {peak / 1e6:.1f} MB for {size / 1e6:.1f} MB of text"
+    assert read_timeline(path) == document
+
+
+def test_a_write_failing_midway_leaves_the_previous_timeline(tmp_path):
+    path = write_timeline(minimal(), tmp_path / "t.json")
+    broken = many_faces(20_000)   # a long way into the text before the value that cannot be written
+    broken["timeline"][0]["probs"]["joy"] = float("nan")
+    with pytest.raises(ValueError, match="JSON compliant"):
+        write_timeline(broken, path)
+    assert read_timeline(path) == minimal()
+    assert [p.name for p in tmp_path.iterdir()] == ["t.json"], "no half-written file left behind"
