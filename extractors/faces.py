@@ -110,6 +110,7 @@ class FaceDetectorConfig:
     factor: float = 0.709             # image pyramid scale step
     min_score: float = 0.9            # final detections below this are dropped
     batch_size: int = 8               # frames per MTCNN call (same-size frames only)
+    crop_batch: int = 128             # face candidates per R-Net / O-Net call (bounds a crowded frame's memory)
     device: str | None = None         # None: CUDA when available, else CPU
 
 
@@ -133,7 +134,8 @@ class FaceDetector:
             # channels-last: the layout the cascade's NHWC arrays already have; 1.5-4x faster convolutions on CPU.
             self.nets.append(net.to(self.device, memory_format=torch.channels_last).eval())
         self.cascade = MtcnnCascade(*self.nets, thresholds=self.config.thresholds, factor=self.config.factor,
-                                    min_face_size=self.config.min_face_size, device=self.device)
+                                    min_face_size=self.config.min_face_size, device=self.device,
+                                    crop_batch=self.config.crop_batch)
 
     def _scale(self, height: int, width: int) -> float:
         longest = max(height, width)

@@ -7,7 +7,7 @@ import stat
 import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 
 
@@ -71,19 +71,38 @@ def return_freed_memory() -> None:
     Over a long pass the variable-size tensors of MTCNN (pyramids, crop batches) fragment glibc's heap and
     the freed memory stays resident: the detector alone grew from 293 to 713 MB over 3 minutes of video,
     376 MB when trimmed after each batch, at no cost in time (measured; a fixed mmap threshold kept it at
-    402 MB but made the visual pass 1.4x slower). Called between batches and stages.
+    402 MB but made the visual pass 1.4x slower; see :func:`map_large_allocations` for a higher one).
+    Called between batches and stages.
     """
-    trim = _malloc_trim()
+    trim = _libc_function("malloc_trim")
     if trim is not None:
         trim(0)
 
 
-@lru_cache(maxsize=1)
-def _malloc_trim():
+_M_MMAP_THRESHOLD = -3   # glibc's mallopt parameter number (malloc.h)
+
+
+def map_large_allocations(min_bytes: int) -> bool:
+    """Allocations of at least ``min_bytes`` get their own memory mapping, handed back when freed (glibc
+    ``mallopt(M_MMAP_THRESHOLD)``, for the whole process); False where that cannot be set (not glibc).
+
+    glibc's own threshold slides up to 32 MB as large blocks are freed, so over a long run the models'
+    multi-MB activations land in the heap, where fragmentation between a batch's many sizes keeps them
+    resident: the visual pass's peak grew with the video's length (667 to 1021 MB over 10 minutes). A fixed
+    threshold keeps them out of the heap (benchmarks/results/pipeline_run.md for its cost).
+    """
+    if min_bytes < 1:
+        raise ValueError("min_bytes must be at least 1")
+    mallopt = _libc_function("mallopt")
+    return bool(mallopt is not None and mallopt(_M_MMAP_THRESHOLD, int(min_bytes)) == 1)
+
+
+@cache
+def _libc_function(name: str):
     import ctypes
     import ctypes.util
 
     try:
-        return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim
+        return getattr(ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6"), name)
     except (OSError, AttributeError):  # not glibc
         return None

@@ -117,17 +117,25 @@ class MtcnnCascade:
 
     def __init__(self, pnet: torch.nn.Module, rnet: torch.nn.Module, onet: torch.nn.Module, *,
                  thresholds: tuple[float, float, float], factor: float, min_face_size: int,
-                 device: torch.device):
+                 device: torch.device, crop_batch: int = 128):
+        if crop_batch < 1:
+            raise ValueError("crop_batch must be at least 1")
         self.pnet, self.rnet, self.onet = pnet, rnet, onet
+        self.crop_batch = crop_batch
         self.thresholds = thresholds
         self.factor = factor
         self.min_face_size = min_face_size
         self.device = device
 
-    def _net(self, net: torch.nn.Module, batch: np.ndarray) -> tuple[np.ndarray, ...]:
-        # NHWC in memory and NCHW in shape: the channels-last layout the nets were converted to.
-        tensor = torch.from_numpy(batch).to(self.device).permute(0, 3, 1, 2)
-        return tuple(out.float().cpu().numpy() for out in net(tensor))
+    def _net(self, net: torch.nn.Module, batch: np.ndarray, chunk: int | None = None) -> tuple[np.ndarray, ...]:
+        """The net's outputs on ``batch`` [N, H, W, 3], ``chunk`` samples per call (None: all at once)."""
+        chunk = chunk or max(len(batch), 1)
+        parts = []
+        for first in range(0, max(len(batch), 1), chunk):
+            # NHWC in memory and NCHW in shape: the channels-last layout the nets were converted to.
+            tensor = torch.from_numpy(batch[first:first + chunk]).to(self.device).permute(0, 3, 1, 2)
+            parts.append(tuple(out.float().cpu().numpy() for out in net(tensor)))
+        return parts[0] if len(parts) == 1 else tuple(np.concatenate(outs) for outs in zip(*parts, strict=True))
 
     def scales(self, height: int, width: int) -> list[float]:
         scale = 12.0 / self.min_face_size
@@ -195,7 +203,9 @@ class MtcnnCascade:
         patches, valid = crops(frames, boxes, image_index, 24)
         if not len(valid):
             return np.zeros((0, 5), np.float32), np.zeros(0, np.int64)
-        offsets, probs = self._net(self.rnet, patches)          # [M, 4], [M, 2]
+        # Candidates a chunk at a time: a crowded frame gives hundreds, and R-Net's and O-Net's activations
+        # for all of them at once were the visual pass's largest transient (its peak; the same outputs).
+        offsets, probs = self._net(self.rnet, patches, self.crop_batch)          # [M, 4], [M, 2]
         passed = probs[:, 1] > self.thresholds[1]
         boxes = np.concatenate([boxes[valid][passed, :4], probs[passed, 1:2]], axis=1)
         image_index, offsets = image_index[valid][passed], offsets[passed]
@@ -209,7 +219,7 @@ class MtcnnCascade:
         patches, valid = crops(frames, boxes, image_index, 48)
         if not len(valid):
             return results
-        offsets, marks, probs = self._net(self.onet, patches)   # [M, 4], [M, 10], [M, 2]
+        offsets, marks, probs = self._net(self.onet, patches, self.crop_batch)   # [M, 4], [M, 10], [M, 2]
         passed = probs[:, 1] > self.thresholds[2]
         boxes = np.concatenate([boxes[valid][passed, :4], probs[passed, 1:2]], axis=1)
         image_index, offsets, marks = image_index[valid][passed], offsets[passed], marks[passed]

@@ -73,6 +73,10 @@ class PipelineConfig(BaseModel):
     # With parallel_audio: that thread then measures the mouths of the speech windows the visual pass has
     # settled, while it still runs. False: the mouths are measured after the visual pass, with every core.
     mouths_beside: bool = True
+    # Allocations of at least this many MiB get their own memory mapping, given back when freed (glibc's
+    # M_MMAP_THRESHOLD, set for the whole process when a runner is made; 0: glibc's sliding threshold, under
+    # which the peak grew with the video's length). See extractors.io.map_large_allocations.
+    mmap_threshold_mib: float = Field(16.0, ge=0)
 
     @field_validator("models")
     @classmethod

@@ -47,6 +47,7 @@ import numpy as np
 from extractors.contracts import SpeakerTurn, SpeechSegment, VideoInfo
 from extractors.disk_arrays import RowsOnDisk
 from extractors.errors import ExtractorError, MediaError
+from extractors.io import map_large_allocations
 from extractors.moments import MODALITIES, ModalityInputs, Moment, build_moments, split_at_pauses
 from pipeline.config import PipelineConfig
 from pipeline.errors import UserError
@@ -233,6 +234,8 @@ class PipelineRunner:
         if device is not None and device != self.config.device:
             self.config = self.config.model_copy(update={"device": device})
         self.device = self.config.torch_device()
+        if self.config.mmap_threshold_mib:
+            map_large_allocations(int(self.config.mmap_threshold_mib * 2**20))
         self.stages = StageFactory(self.config, self.device)
         from pipeline.scoring import EmotionScorer
 

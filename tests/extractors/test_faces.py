@@ -91,6 +91,27 @@ def test_batched_detection_equals_frame_by_frame(detector, media_dir):
         assert np.allclose(single[0].box, found[0].box, atol=1e-2)
 
 
+def test_candidates_go_through_r_and_o_net_a_chunk_at_a_time(detector, media_dir):
+    """A crowded frame gives hundreds of candidates; R-Net and O-Net see at most ``crop_batch`` of them per
+    call (their activations for all at once were the visual pass's peak) and find the same faces."""
+    frame = _frame_at(media_dir / "facenet_pytorch_video.mp4", 2.1)
+    chunked = FaceDetector(FaceDetectorConfig(crop_batch=5))
+    seen: list[int] = []
+    hooks = [net.register_forward_pre_hook(lambda module, args: seen.append(len(args[0])))
+             for net in (chunked.cascade.rnet, chunked.cascade.onet)]
+    try:
+        found = chunked.detect([frame.image], [frame.t])[0]
+    finally:
+        for hook in hooks:
+            hook.remove()
+    whole = detector.detect([frame.image], [frame.t])[0]
+    assert sum(seen) > 20 and max(seen) <= 5
+    assert len(found) == len(whole) >= 5
+    for a, b in zip(found, whole, strict=True):
+        assert np.allclose(a.box, b.box, atol=1e-3) and np.allclose(a.landmarks, b.landmarks, atol=1e-3)
+        assert abs(a.score - b.score) < 1e-5
+
+
 def test_blank_frame_has_no_faces(detector):
     assert detector.detect([np.full((360, 640, 3), 127, np.uint8)], [0.0]) == [[]]
 

@@ -1,9 +1,13 @@
-"""Atomic writes and scoped thread counts shared by the stages."""
+"""Atomic writes, scoped thread counts and the C heap settings shared by the stages."""
 
 from __future__ import annotations
 
 import os
+import platform
 import stat
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -56,3 +60,35 @@ def test_a_rewritten_file_keeps_its_mode(tmp_path):
     target.chmod(0o640)
     write_atomically(target, lambda temporary: temporary.write_text('{"a": 1}'))
     assert stat.S_IMODE(target.stat().st_mode) == 0o640 and target.read_text() == '{"a": 1}'
+
+
+_HEAP_OR_MAP = """
+import ctypes, sys
+import numpy as np
+from extractors.io import map_large_allocations
+if sys.argv[1] == "fixed":
+    assert map_large_allocations(1 << 20)
+big = np.ones(24 << 20, np.uint8)   # freeing a mapped 24 MB block raises glibc's own threshold to 24 MB
+del big
+block = np.ones(8 << 20, np.uint8)
+address = block.ctypes.data
+for line in open("/proc/self/maps"):
+    span, *rest = line.split()
+    low, high = (int(v, 16) for v in span.split("-"))
+    if low <= address < high:
+        print("heap" if rest[-1] == "[heap]" else "mapped")
+"""
+
+
+@pytest.mark.skipif(not Path("/proc/self/maps").exists() or platform.libc_ver()[0] != "glibc",
+                    reason="glibc's mallopt and /proc/self/maps")
+def test_large_allocations_stay_out_of_the_heap_once_the_threshold_is_fixed():
+    """glibc's sliding threshold puts an 8 MB block in the heap after a 24 MB one was freed (where the
+    heap's fragmentation keeps it resident); the fixed threshold gives it its own mapping."""
+    def where(mode: str) -> str:
+        done = subprocess.run([sys.executable, "-c", _HEAP_OR_MAP, mode], capture_output=True, text=True,
+                              check=True, cwd=Path(__file__).resolve().parents[2])
+        return done.stdout.strip()
+
+    assert where("sliding") == "heap"
+    assert where("fixed") == "mapped"
