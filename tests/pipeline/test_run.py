@@ -149,3 +149,15 @@ def test_sample_clip(runner, tmp_path):
     check_document(result.document)
     assert len(result.document["characters"]) == len(truth["characters"]) == 2
     assert all(s["character"] is not None for s in result.document["segments"])
+
+
+@pytest.mark.parametrize(("mib", "expected"), [(16.0, [16 << 20]), (0.5, [1 << 19]), (0.0, [])])
+def test_a_runner_fixes_the_mmap_threshold_it_is_configured_with(monkeypatch, mib, expected):
+    """The configured threshold reaches glibc once per runner (0: glibc's own sliding threshold)."""
+    import pipeline.run
+    from pipeline.config import PipelineConfig
+
+    calls = []
+    monkeypatch.setattr(pipeline.run, "map_large_allocations", calls.append)
+    pipeline.run.PipelineRunner(PipelineConfig(mmap_threshold_mib=mib, device="cpu"))
+    assert calls == expected
