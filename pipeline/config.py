@@ -75,8 +75,9 @@ class PipelineConfig(BaseModel):
     mouths_beside: bool = True
     # Allocations of at least this many MiB get their own memory mapping, given back when freed (glibc's
     # M_MMAP_THRESHOLD, set for the whole process when a runner is made; 0: glibc's sliding threshold, under
-    # which the peak grew with the video's length). See extractors.io.map_large_allocations.
-    mmap_threshold_mib: float = Field(16.0, ge=0)
+    # which the peak grew with the video's length; glibc refuses more than 32 MiB on 64-bit systems). See
+    # extractors.io.map_large_allocations.
+    mmap_threshold_mib: float = Field(16.0, ge=0, le=32)
 
     @field_validator("models")
     @classmethod

@@ -234,8 +234,8 @@ class PipelineRunner:
         if device is not None and device != self.config.device:
             self.config = self.config.model_copy(update={"device": device})
         self.device = self.config.torch_device()
-        if self.config.mmap_threshold_mib:
-            map_large_allocations(int(self.config.mmap_threshold_mib * 2**20))
+        if self.config.mmap_threshold_mib and not map_large_allocations(int(self.config.mmap_threshold_mib * 2**20)):
+            log.info("mmap_threshold_mib not applied: the C library is not glibc (memory may grow with length)")
         self.stages = StageFactory(self.config, self.device)
         from pipeline.scoring import EmotionScorer
 

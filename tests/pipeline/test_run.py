@@ -158,6 +158,8 @@ def test_a_runner_fixes_the_mmap_threshold_it_is_configured_with(monkeypatch, mi
     from pipeline.config import PipelineConfig
 
     calls = []
-    monkeypatch.setattr(pipeline.run, "map_large_allocations", calls.append)
+    monkeypatch.setattr(pipeline.run, "map_large_allocations", lambda size: calls.append(size) or True)
     pipeline.run.PipelineRunner(PipelineConfig(mmap_threshold_mib=mib, device="cpu"))
     assert calls == expected
+    with pytest.raises(ValueError, match="32"):   # more than glibc takes
+        PipelineConfig(mmap_threshold_mib=64)
