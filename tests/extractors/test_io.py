@@ -63,7 +63,7 @@ def test_a_rewritten_file_keeps_its_mode(tmp_path):
 
 
 _HEAP_OR_MAP = """
-import ctypes, sys
+import sys
 import numpy as np
 from extractors.io import map_large_allocations
 if sys.argv[1] == "fixed":
