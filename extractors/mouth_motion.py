@@ -154,6 +154,13 @@ class TrackFeed:
             self._settled = np.inf
             self._changed.notify_all()
 
+    def release(self) -> None:
+        """Lets go of the tracks once nothing will read them again (later calls see none)."""
+        with self._changed:
+            self._tracks = []
+            self._settled = np.inf
+            self._changed.notify_all()
+
     def tracks_until(self, t: float, poll: Callable[[], None] | None = None,
                      interval_s: float = 0.25) -> list[FaceTrack]:
         """Every track that can be on screen at or before ``t``, once all of them are known (blocks until

@@ -20,7 +20,7 @@ ends, this thread helps with the windows left. The later stages start when both 
 Memory stays near flat in the video's length: the audio is decoded once into a file in the stage folder
 that every audio stage reads a span at a time (:class:`DecodedAudio`), the Whisper states go to the stage
 cache a 30 s chunk at a time and scoring reads them back a segment at a time, and RAMer scores the moments
-in chunks (:data:`pipeline.scoring.SCORING_CHUNK_BATCHES`).
+a batch at a time as they are made, each batch capped in padded size (:class:`pipeline.scoring.PaddedBatch`).
 
 :class:`PipelineRunner` holds the configured stages (models load on first use and stay loaded, so a
 batch worker reuses them) and the RAMer checkpoint. Bad input is refused before anything is written;
@@ -47,7 +47,7 @@ import numpy as np
 from extractors.contracts import SpeakerTurn, SpeechSegment, VideoInfo
 from extractors.disk_arrays import RowsOnDisk
 from extractors.errors import ExtractorError, MediaError
-from extractors.io import map_large_allocations
+from extractors.io import map_large_allocations, return_freed_memory
 from extractors.moments import MODALITIES, ModalityInputs, Moment, build_moments, split_at_pauses
 from pipeline.config import PipelineConfig
 from pipeline.errors import UserError
@@ -396,6 +396,7 @@ class PipelineRunner:
             visual_data = cache.run("visual", visual_key, compute_visual)
             regions, raw_segments, acoustic_data = audio_chain(report)
         visual = VisualResult.from_dict(*visual_data)
+        del visual_data   # its serialized form (41 MB for an hour); `visual` is what later stages read
         report("visual", 1.0)
         if mouths_data is None:
             def compute_mouths_after():
@@ -408,6 +409,13 @@ class PipelineRunner:
             mouths_data = cache.run("mouths", mouths_key, compute_mouths_after)
         report("mouths", 1.0)
         mouths = MouthSamples.from_dict(*mouths_data)
+        # The pass's own track objects (kept by the feed for the mouths) and the measurement's samples are
+        # copies of what `visual` and `mouths` hold; made over the whole pass, among its transient buffers,
+        # they pinned pages of a fragmented heap for the rest of the run. Let them go, then trim.
+        del mouths_data
+        feed.release()
+        beside_measurement.clear()
+        return_freed_memory()
         if not visual.characters:
             raise MediaError(f"{video}: no faces found in {visual.frames_analysed} analysed frames; a per-character "
                              "timeline needs at least one face on screen")

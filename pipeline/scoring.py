@@ -26,7 +26,6 @@ from pipeline.errors import UserError
 log = logging.getLogger(__name__)
 
 DEFAULT_CHECKPOINT = Path(__file__).with_name("default_model")
-SCORING_CHUNK_BATCHES = 2   # batches of samples built and scored at a time (memory flat in the video's length)
 
 
 def checkpoint_digest(folder: Path) -> str:
@@ -43,7 +42,10 @@ class EmotionScorer:
     explicit: bool
     digest: str
     device: str
-    batch_size: int = 64
+    batch_size: int = 64       # samples per forward pass at most
+    # ... and at most this many MiB of padded inputs: a batch pads every sample to its most crowded moment
+    # and longest sequences, so 64 samples of a ten-face scene held about 1 GB of mostly padding.
+    batch_mib: float = 16.0
 
     @classmethod
     def load(cls, checkpoint: str | os.PathLike | None = None, device: str = "cpu") -> EmotionScorer:
@@ -151,20 +153,21 @@ class EmotionScorer:
         """Timeline entries (dicts of the timeline JSON), one per (moment, character on screen).
 
         ``inputs``: per moment, its characters' inputs (a list, or a generator that makes them as they are read).
-        Samples are built and scored ``chunk_samples`` at a time, so memory does not grow with the video's
-        length (each sample holds every character of its moment, padded); a chunk is a whole number of
-        batches and what a moment adds past a chunk's end waits for the next, so the batches, and the
-        probabilities, are those of scoring everything at once.
+        Samples are scored a batch at a time as they are made, so memory does not grow with the video's
+        length; a batch takes at most :attr:`batch_size` samples and :attr:`batch_mib` of padded inputs, so it
+        does not grow with a scene's crowd either. RAMer masks padding, so the probabilities do not depend
+        on how the samples are batched.
         """
         limits = limits or MomentConfig()
         thresholds = self.thresholds
         trained = set(self.trained_modalities)
         out: list[dict] = []
-        samples, targets = [], []
+        batch = PaddedBatch(self.model.config, self.batch_size, int(self.batch_mib * 2**20))
+        targets = []
 
-        def flush(count: int) -> None:
-            probs = self._probs(samples[:count])
-            for (moment, character, role, used), p in zip(targets[:count], probs, strict=True):
+        def flush() -> None:
+            probs = self._probs(batch.samples)
+            for (moment, character, role, used), p in zip(targets, probs, strict=True):
                 out.append({
                     "character": character, "start": round(moment.start, 3), "end": round(moment.end, 3),
                     "moment": moment.id, "segment": moment.segment, "role": role,
@@ -172,27 +175,24 @@ class EmotionScorer:
                     "probs": {label: round(float(v), 4) for label, v in zip(self.labels, p, strict=True)},
                     "labels": [label for label, v, t in zip(self.labels, p, thresholds, strict=True) if v >= t],
                 })
-            del samples[:count], targets[:count]
+            batch.clear()
+            targets.clear()
             return_freed_memory()   # else the freed batches stay resident (+700 MB over an hour's scoring, measured)
 
         for done, (moment, raw) in enumerate(zip(moments, inputs, strict=True), start=1):
             entries = [self.prepare(entry, limits) for entry in raw]
-            for target, entry in enumerate(entries):
-                samples.append(moment_sample(entries, target, self.model.config))
+            for entry, sample in zip(entries, moment_samples(entries, self.model.config), strict=True):
+                if not batch.fits(sample):
+                    flush()
+                    if progress is not None:
+                        progress((done - 1) / len(moments))
+                batch.add(sample)
                 targets.append((moment, entry.character, entry.role, entry.modalities))
-            while len(samples) >= self.chunk_samples:
-                flush(self.chunk_samples)
-                if progress is not None:
-                    progress(done / len(moments))
-        if samples:
-            flush(len(samples))
+        if batch.samples:
+            flush()
         if progress is not None:
             progress(1.0)
         return out
-
-    @property
-    def chunk_samples(self) -> int:
-        return self.batch_size * SCORING_CHUNK_BATCHES
 
     def _probs(self, samples: list) -> np.ndarray:
         """[N, C] probabilities of ``samples``."""
@@ -206,11 +206,50 @@ class EmotionScorer:
         return predict(self.model, dataset, batch_size=self.batch_size, device=self.device).probs  # [N, C]
 
 
-def moment_sample(entries: list[ModalityInputs], target: int, config):
-    """One RamerSample: the P characters of a moment (S = 1), scoring ``entries[target]``."""
+class PaddedBatch:
+    """Samples gathered for one forward pass, and what collating them would pad them to."""
+
+    def __init__(self, config, max_samples: int, max_bytes: int):
+        self.dims = {m: int(getattr(config, f"{m}_dim")) for m in MODALITIES}
+        self.max_samples, self.max_bytes = max_samples, max_bytes
+        self.clear()
+
+    def clear(self) -> None:
+        self.samples: list = []
+        self.persons = 0
+        self.steps = dict.fromkeys(MODALITIES, 1)
+
+    def padded_bytes(self, count: int, persons: int, steps: dict[str, int]) -> int:
+        """float32 inputs of ``count`` samples padded to ``persons`` and ``steps`` (the masks are small)."""
+        return 4 * count * persons * sum(steps[m] * self.dims[m] for m in MODALITIES)
+
+    def fits(self, sample) -> bool:
+        """Whether ``sample`` can join (an empty batch takes any one sample)."""
+        if not self.samples:
+            return True
+        persons = max(self.persons, sample.present.shape[0])
+        steps = {m: max(self.steps[m], sample.features(m).shape[2]) for m in MODALITIES}
+        return (len(self.samples) < self.max_samples
+                and self.padded_bytes(len(self.samples) + 1, persons, steps) <= self.max_bytes)
+
+    def add(self, sample) -> None:
+        self.samples.append(sample)
+        self.persons = max(self.persons, sample.present.shape[0])
+        for m in MODALITIES:
+            self.steps[m] = max(self.steps[m], sample.features(m).shape[2])
+
+
+def moment_samples(entries: list[ModalityInputs], config) -> list:
+    """The RamerSamples of one moment, one per character as target (S = 1), all P characters in each.
+
+    The P samples share their tensors (they differ only in the target), so a crowded moment does not
+    hold P copies of its scene.
+    """
     from ramer_core.datasets.common import RamerSample
 
     persons = len(entries)
+    if not persons:   # nobody on screen: nothing to score
+        return []
     tensors, masks = {}, {}
     for m in MODALITIES:
         dim = getattr(config, f"{m}_dim")
@@ -233,11 +272,17 @@ def moment_sample(entries: list[ModalityInputs], target: int, config):
             if entry.personality is not None and len(entry.personality) == config.personality_dim:
                 personality[p] = torch.from_numpy(np.asarray(entry.personality, dtype=np.float32))
                 personality_present[p] = True
-    return RamerSample(text=tensors["text"], visual=tensors["visual"], acoustic=tensors["acoustic"],
-                       text_mask=masks["text"], visual_mask=masks["visual"], acoustic_mask=masks["acoustic"],
-                       present=present, labels=None, target_person=target, target_segment=0,
-                       personality=personality, personality_present=personality_present,
-                       key=f"{entries[target].moment}/{entries[target].character}")
+    return [RamerSample(text=tensors["text"], visual=tensors["visual"], acoustic=tensors["acoustic"],
+                        text_mask=masks["text"], visual_mask=masks["visual"], acoustic_mask=masks["acoustic"],
+                        present=present, labels=None, target_person=target, target_segment=0,
+                        personality=personality, personality_present=personality_present,
+                        key=f"{entry.moment}/{entry.character}")
+            for target, entry in enumerate(entries)]
+
+
+def moment_sample(entries: list[ModalityInputs], target: int, config):
+    """One RamerSample: the P characters of a moment (S = 1), scoring ``entries[target]``."""
+    return moment_samples(entries, config)[target]
 
 
 WHISPER_TINY_DIM = 384  # whisper-tiny.en encoder width (the acoustic_features "whisper" option)

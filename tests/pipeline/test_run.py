@@ -151,6 +151,34 @@ def test_sample_clip(runner, tmp_path):
     assert all(s["character"] is not None for s in result.document["segments"])
 
 
+def test_a_run_lets_go_of_the_visual_pass_own_objects(runner, tmp_path):
+    """Once the mouths are measured, the only face detections alive are the result's (one per detection):
+    the pass's own objects, which the feed kept for the mouth measurement, pinned pages of the heap made
+    over the whole pass (a long video's memory grew with them), and the measurement's samples are gone."""
+    import gc
+
+    from extractors.contracts import FaceDetection
+    from extractors.mouth_motion import MouthMeasurement
+    from tests.conftest import REPO_ROOT
+
+    def alive(kind) -> int:
+        gc.collect()
+        return sum(type(o) is kind for o in gc.get_objects())   # not isinstance: dead weak proxies raise
+
+    before = alive(FaceDetection)
+    seen = {}
+
+    def count(stage, record):
+        if stage == "speaking":
+            seen["detections"], seen["measurements"] = alive(FaceDetection) - before, alive(MouthMeasurement)
+
+    result = runner.run(REPO_ROOT / "samples" / "two_people.mp4", tmp_path / "sample", force=True,
+                        on_stage_done=count)
+    detections = sum(len(track["detections"]) for track in result.document["faces"]["tracks"])
+    assert detections > 10
+    assert seen == {"detections": detections, "measurements": 0}
+
+
 @pytest.mark.parametrize(("mib", "expected"), [(16.0, [16 << 20]), (0.5, [1 << 19]), (0.0, [])])
 def test_a_runner_fixes_the_mmap_threshold_it_is_configured_with(monkeypatch, mib, expected):
     """The configured threshold reaches glibc once per runner (0: glibc's own sliding threshold)."""

@@ -97,29 +97,46 @@ def scene(index: int, persons: int, rng) -> list[ModalityInputs]:
     return out
 
 
-def test_scoring_in_chunks_gives_what_scoring_at_once_gives_and_holds_one_chunk(tmp_path, monkeypatch):
-    import pipeline.scoring as scoring
+def test_scoring_a_batch_at_a_time_gives_what_scoring_at_once_gives_with_batches_capped_in_padded_size(
+        tmp_path, monkeypatch):
+    from ramer_core.datasets.common import collate
 
     scorer = EmotionScorer.load(tiny_checkpoint(tmp_path / "ckpt", {}))
-    scorer.batch_size = 2
     rng = np.random.default_rng(1)
-    persons = [1, 3, 2, 3, 1, 2, 3, 3, 1, 2]   # 21 samples: chunks of 4 end inside moments
+    persons = [1, 3, 2, 3, 1, 2, 6, 3, 1, 2]   # 24 samples; one crowded moment
     moments = [Moment(f"M{i}", float(i), i + 1.0, f"S{i}", "C0") for i in range(len(persons))]
     inputs = [scene(i, p, rng) for i, p in enumerate(persons)]
 
-    monkeypatch.setattr(scoring, "SCORING_CHUNK_BATCHES", 10_000)
+    scorer.batch_size, scorer.batch_mib = 10_000, 1e6
     at_once = scorer.score(moments, inputs)
 
-    monkeypatch.setattr(scoring, "SCORING_CHUNK_BATCHES", 2)
     passes, predict_one_pass = [], EmotionScorer._probs
 
     def recording(self, samples):
-        passes.append(len(samples))
+        batch = collate(samples)
+        passes.append((len(samples), sum(batch.features(m).numel() * 4 for m in ("text", "visual", "acoustic"))))
         return predict_one_pass(self, samples)
 
     monkeypatch.setattr(EmotionScorer, "_probs", recording)
-    in_chunks = scorer.score(moments, iter(inputs))   # a generator is read once, as run.py gives it
-    assert passes == [4, 4, 4, 4, 4, 1], "whole chunks of 2 batches, the rest at the end"
-    assert in_chunks == at_once
-    assert [(e["moment"], e["character"]) for e in in_chunks] == [
+    scorer.batch_size, scorer.batch_mib = 4, 0.25
+    batched = scorer.score(moments, iter(inputs))   # a generator is read once, as run.py gives it
+    assert all(count <= 4 for count, _ in passes)
+    assert all(size <= 0.25 * 2**20 for count, size in passes if count > 1), passes
+    assert any(count == 1 for count, _ in passes) and any(count == 4 for count, _ in passes), \
+        "the crowded moment's samples go in smaller batches than the others"
+    assert sum(count for count, _ in passes) == len(at_once) == sum(persons)
+    assert batched == at_once
+    assert [(e["moment"], e["character"]) for e in batched] == [
         (f"M{i}", f"C{p}") for i, n in enumerate(persons) for p in range(n)]
+
+
+def test_the_samples_of_a_moment_share_its_scene():
+    from pipeline.scoring import moment_samples
+
+    class Config:
+        text_dim, visual_dim, acoustic_dim, personality_dim = D_TEXT, D_VISUAL, D_ACOUSTIC, 0
+
+    samples = moment_samples(entries(), Config)
+    assert [s.target_person for s in samples] == [0, 1]
+    assert samples[0].acoustic is samples[1].acoustic and samples[0].visual is samples[1].visual
+    assert moment_samples([], Config) == []
