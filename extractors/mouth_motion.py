@@ -26,6 +26,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from extractors.contracts import FaceDetection, FaceTrack, SpeechSegment
+from extractors.io import return_freed_memory
 from extractors.media import iter_frames
 
 log = logging.getLogger(__name__)
@@ -289,6 +290,7 @@ class MouthMeasurement:
                 values = meter(frame.image, [face for _, face in live])
                 openings = {track.id: float(v) for (track, _), v in zip(live, values, strict=True)}
             found.append((frame.t, openings))
+        return_freed_memory()   # the window's decoder and frames, freed in this thread's heap, leave the process
         return found
 
     def work(self, meter: MouthMeter, poll: Callable[[], None] | None = None) -> None:

@@ -193,10 +193,10 @@ def test_fer_crop_from_rgb_equals_crop_from_the_grey_frame():
         np.testing.assert_array_equal(fer_face_crop(frame, box), fer_face_crop(gray, box))
 
 
-@pytest.mark.parametrize("every, expected", [(1, 3), (2, 1), (0, 0)])
+@pytest.mark.parametrize("every, expected", [(1, 6), (2, 2), (0, 0)])
 def test_heap_is_trimmed_every_so_many_detector_batches(extractor, media_dir, tmp_path, monkeypatch, every, expected):
     # Long passes fragment the C heap (benchmarks/results/memory.md); the pass hands freed pages back every
-    # `trim_heap_every` detector batches. 6 frames in batches of 2 -> 3 batches.
+    # `trim_heap_every` detector batches, twice in each. 6 frames in batches of 2 -> 3 batches.
     import dataclasses
 
     import extractors.visual_features as visual_features
@@ -209,6 +209,23 @@ def test_heap_is_trimmed_every_so_many_detector_batches(extractor, media_dir, tm
     result = extractor(path)
     assert result.frames_analysed == 6
     assert len(trims) == expected
+
+
+def test_a_batch_is_trimmed_after_its_last_step(extractor, media_dir, tmp_path, monkeypatch):
+    # The mesh, the expression crops and the chips' embeddings free their buffers after detection; with only
+    # the trim after detection those stayed resident until the next batch. So a batch is trimmed after its
+    # detection and again after the tracks it publishes, its last step.
+    import dataclasses
+
+    import extractors.visual_features as visual_features
+
+    path = _clip_from(media_dir / "retalking_face1.mp4", tmp_path / "short.mp4", 4, 1.5, size=(320, 320))
+    events = []
+    monkeypatch.setattr(visual_features, "return_freed_memory", lambda: events.append("trim"))
+    monkeypatch.setattr(extractor, "config", dataclasses.replace(
+        extractor.config, trim_heap_every=1, max_batch_pixels=2 * 320 * 320))
+    extractor(path, on_tracks=lambda closed, settled: events.append("tracks"))
+    assert events[:9] == ["trim", "tracks", "trim"] * 3
 
 
 def test_full_search_schedule_searches_every_nth_frame_and_at_every_cut():
