@@ -122,33 +122,32 @@ def child(video: Path, out: Path, device: str, audio: str) -> int:
     return 0
 
 
-def _peak_anonymous_mb(pid: int, running: threading.Event, peak: list[float], period: float = 0.25) -> None:
+def _peak_anonymous_mb(pid: int, finished: threading.Event, peak: list[float], period: float = 0.25) -> None:
     """The most anonymous memory (``RssAnon``: heap, stacks, tensors) seen in process ``pid``, sampled from
     outside, so a checkout's script without the sampler is measured alike. The resident set also counts the
     mapped pages of libraries and model files, which vary by 100 MB between identical runs with the state of
     the page cache; the anonymous part is what the run itself allocates."""
     status = Path(f"/proc/{pid}/status")
-    while running.is_set():
+    while not finished.is_set():
         try:
             for line in status.read_text().splitlines():
                 if line.startswith("RssAnon:"):
                     peak[0] = max(peak[0], int(line.split()[1]) / 1024)
         except OSError:
             return
-        running.wait(period)
+        finished.wait(period)
 
 
 def run_once(video: Path, out: Path, device: str, audio: str, script: Path = Path(__file__)) -> dict:
     child_process = subprocess.Popen([sys.executable, str(script), "--child", str(video), str(out), "--device",
                                       device, "--audio", audio],
                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    running, peak_anonymous = threading.Event(), [0.0]
-    running.set()
-    sampler = threading.Thread(target=_peak_anonymous_mb, args=(child_process.pid, running, peak_anonymous),
+    finished, peak_anonymous = threading.Event(), [0.0]
+    sampler = threading.Thread(target=_peak_anonymous_mb, args=(child_process.pid, finished, peak_anonymous),
                                daemon=True)
     sampler.start()
     stdout, stderr = child_process.communicate()
-    running.clear()
+    finished.set()
     sampler.join()
     if child_process.returncode != 0:
         raise SystemExit(f"pipeline run failed on {video}:\n{stderr[-3000:]}")
