@@ -113,9 +113,9 @@ class VisualConfig:
     torch_threads: int | None = None            # set torch's CPU threads during a pass (None: leave as is);
                                                 # 1 is far faster than 2 when other jobs share 2 cores
     # Freed heap pages go back to the system every this many detector batches (0: never), after the batch's
-    # detection and again after its last step (the mesh, expression crops and embeddings; 10 minutes, one trace
-    # each: visual-phase anonymous RSS median 715 -> 690 MB with the second trim). MTCNN's variable-size
-    # tensors fragment glibc's heap; on 10 minutes of video (2 cores) the pass peaked at 1447 MB / 308 s
+    # detection and again after its last step (the mesh, expression crops and embeddings; with the mouth windows
+    # trimmed too, the hour's peak fell 1.33 -> 1.25 GiB at 7 % more time, benchmarks/results/pipeline_run.md).
+    # MTCNN's variable-size tensors fragment glibc's heap; on 10 minutes of video (2 cores) the pass peaked at 1447 MB / 308 s
     # without, 1413 MB / 321 s every 16 batches, 1088 MB / 373 s after every batch (and 846 MB at 1 minute).
     trim_heap_every: int = 1
 

@@ -101,8 +101,8 @@ def test_a_window_with_nobody_on_screen_is_not_decoded(media_dir, monkeypatch):
 
 def test_each_decoded_window_hands_its_freed_memory_back(media_dir, monkeypatch):
     """A window's decoder and frames are freed in the measuring thread's own heap, where glibc keeps them resident
-    until a trim (the side thread's windows added hundreds of MB between the visual pass's trims on an hour): each
-    window decoded is trimmed after its last frame, so no window's buffers outlive it."""
+    until a trim (otherwise the visual pass's next one): each window decoded is trimmed after its last frame, so
+    no window's buffers stay resident after it."""
     import extractors.mouth_motion as mouth_motion
 
     events, iter_frames = [], mouth_motion.iter_frames
