@@ -11,8 +11,8 @@ shuffled order; ``repeat``: the interview end to end, which trips Whisper's repe
 default checkpoint, which reports its own peak resident set size (``ru_maxrss``), so model loading, imports
 and every stage count, as for a user; this script samples its anonymous part (``RssAnon``) from outside,
 which does not vary with the page cache as the mapped files do. The child also samples its resident set
-size every 0.25 s and reports the peak while each stage ran (the samples are left in ``rss_trace.json`` of the run's output folder in
-``--workdir``). The interview gets ``--runs`` runs (median quoted); longer inputs run once each (say so
+size every 0.25 s and reports the peak while each stage ran (the samples are left in ``rss_trace.json`` of
+the run's output folder in ``--workdir``). The interview gets ``--runs`` runs (median quoted); longer inputs run once each (say so
 beside the numbers). Targets (issue 10): at most 0.5 x the video's duration on two cores; peak memory flat
 in length, under 3 GB at 60 minutes.
 
