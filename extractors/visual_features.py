@@ -115,8 +115,9 @@ class VisualConfig:
     # Freed heap pages go back to the system every this many detector batches (0: never), after the batch's
     # detection and again after its last step (the mesh, expression crops and embeddings; with the mouth windows
     # trimmed too, the hour's peak fell 1.33 -> 1.25 GiB at 7 % more time, benchmarks/results/pipeline_run.md).
-    # MTCNN's variable-size tensors fragment glibc's heap; on 10 minutes of video (2 cores) the pass peaked at 1447 MB / 308 s
-    # without, 1413 MB / 321 s every 16 batches, 1088 MB / 373 s after every batch (and 846 MB at 1 minute).
+    # MTCNN's variable-size tensors fragment glibc's heap; on 10 minutes of video (2 cores) the pass peaked at
+    # 1447 MB / 308 s without, 1413 MB / 321 s every 16 batches, 1088 MB / 373 s after every batch (and 846 MB
+    # at 1 minute).
     trim_heap_every: int = 1
 
 
@@ -302,7 +303,8 @@ class VisualExtractor:
                 if detections[i] is None:
                     detections[i] = self.detector.follow(frame.image, frame.t, previous_faces[0])
                 previous_faces[0] = detections[i]
-            trim_due = cfg.trim_heap_every and (batches_done[0] + 1) % cfg.trim_heap_every == 0   # see VisualConfig
+            batches_done[0] += 1
+            trim_due = cfg.trim_heap_every and batches_done[0] % cfg.trim_heap_every == 0   # see VisualConfig
             if trim_due:
                 return_freed_memory()   # MTCNN's pyramids and crops, before the mesh and the embedder allocate
             seconds["detection"] += time.perf_counter() - started
@@ -336,7 +338,6 @@ class VisualExtractor:
             # Tracks starting later than the earliest open one, or after this batch, are not all known yet.
             open_since = tracker.open_since()
             close_tracks(tracker.take_closed(), batch[-1].t if open_since is None else min(open_since, batch[-1].t))
-            batches_done[0] += 1
             if trim_due:
                 return_freed_memory()   # and the mesh's, the expression crops' and the chips' (their embeddings)
             if progress is not None:
