@@ -3,7 +3,7 @@
     .venv/bin/python -m benchmarks.default_model_features all     # once: feature caches (see that module)
     .venv/bin/python -m benchmarks.default_model [--out pipeline/default_model] [--skip-tuning]
 
-Protocol (deterministic: fixed seeds, deterministic kernels, one torch thread):
+Protocol (deterministic: fixed seeds, deterministic kernels, one torch thread but for the text tuning):
 
 - data, official or speaker-independent splits, the 7 labels anger disgust fear joy neutral sadness surprise:
   MELD transcripts (train / dev / test), GoEmotions-Ekman (train / dev / test, multi-label), RAVDESS speech
@@ -11,6 +11,10 @@ Protocol (deterministic: fixed seeds, deterministic kernels, one torch thread):
   / 20 % validation, PrivateTest test: the Training faces of this copy are all blurred, see load_corpus). Text through the text extractor, speech through the acoustic extractor, faces
   through the visual feature columns that can be measured on a 48x48 face (the rest set to documented
   constants, ``visual_fill`` in the card: the pipeline must set them the same way before scoring).
+- text encoder: MiniLM's top blocks are tuned first (``pipeline.training.text_layers``, on MELD train and all
+  of GoEmotions train, over the cached states of the frozen blocks) and shipped beside the checkpoint
+  (``text_layers.safetensors``, float16); every text is then encoded by the tuned encoder as read back from
+  that file, which is what the pipeline loads. Tuning is the one step that uses every core.
 - baselines: a logistic regression per set on the time-pooled features (C tuned on validation).
 - fusion without paired data: every training sample has one modality (the others missing, RAMer's own
   setting), plus *label-matched pseudo-triples*: a MELD utterance, a RAVDESS clip and a FER face that share
@@ -28,6 +32,7 @@ from __future__ import annotations
 import argparse
 import copy
 import logging
+import os
 import sys
 import time
 from dataclasses import dataclass, field, replace
@@ -39,15 +44,19 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script or with -m
 
 from benchmarks.default_model_features import (  # noqa: E402
+    CACHE,
     LABELS,
     TEXT_CHUNK,
     SequenceSet,
     acoustic_cached,
     cache_path,
     load_acoustic,
+    text_cache,
     text_cache_names,
 )
 from extractors.moments import pool_frames  # noqa: E402  (the pipeline pools a checkpoint's input the same way)
+from extractors.text_features import TextEncoder  # noqa: E402
+from pipeline.training.text_layers import TextLayerTuning, TextTask, tune_text_layers  # noqa: E402
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +72,8 @@ MAX_TEXT_TOKENS = 128         # longer texts are cut for training (none in MELD 
 ACOUSTIC_POOL = 4             # acoustic frames mean-pooled in groups of 4 (100 -> 25 frames/s): 4x shorter
                               # sequences to train on; the card's acoustic_pool_frames tells the pipeline
 VALID_CAP = 1500              # per-epoch model selection scores at most this many validation samples per set
+TEXT_LAYERS_FILE = "text_layers.safetensors"   # the tuned MiniLM blocks, a companion of the checkpoint
+TEXT_TUNING = TextLayerTuning(seed=SEED)
 
 
 # ------------------------------------------------------------------------------------------- data
@@ -96,6 +107,62 @@ def _split_of(cache: SequenceSet, indices=None, max_steps: int | None = None, po
     indices = list(range(len(cache)) if indices is None else indices)
     sequences = [pool_frames(cache.sequence(i).astype(np.float32), pool)[:max_steps] for i in indices]
     return Split(sequences, cache.labels[indices], [cache.ids[i] for i in indices])
+
+
+@dataclass
+class TextFeatures:
+    """The text extractor's token embeddings of the cached texts, from their frozen-block states (the same
+    forward pass as ``TextEncoder.token_embeddings``, split at ``layer``)."""
+
+    encoder: TextEncoder
+    layer: int
+    _done: dict[str, Split] = field(default_factory=dict)
+
+    def split(self, name: str) -> Split:
+        if name not in self._done:
+            cache = SequenceSet.load(text_cache(name))
+            tokens = self.encoder.upper_tokens([cache.sequence(i).astype(np.float32) for i in range(len(cache))],
+                                               self.layer)
+            self._done[name] = Split([t[:MAX_TEXT_TOKENS] for t in tokens], cache.labels, list(cache.ids))
+        return self._done[name]
+
+
+def goemotions_train_names(chunks: int | None = None) -> list[str]:
+    """The cached GoEmotions train chunks, the first `chunks` of them (None or 0: all)."""
+    names = [n for n in text_cache_names() if n.startswith("goemotions_train_") and text_cache(n).exists()]
+    return names[: chunks or len(names)]
+
+
+def text_task(names: list[str], single_label: bool) -> TextTask:
+    caches = [SequenceSet.load(text_cache(n)) for n in names]
+    return TextTask([c.sequence(i).astype(np.float32) for c in caches for i in range(len(c))],
+                    np.concatenate([c.labels for c in caches]), single_label)
+
+
+def tune_text(saved: Path, keep: bool, smoke: bool = False) -> tuple[TextEncoder, dict]:
+    """The text encoder with its top blocks tuned on MELD train and all GoEmotions train (or, with `keep`, the
+    blocks saved by an earlier build), read back from `saved`: the float16 blocks the pipeline will load."""
+    from extractors.text_features import load_tuned_layers, save_tuned_layers
+
+    encoder = TextEncoder(device="cpu")
+    if keep and saved.is_file():
+        load_tuned_layers(encoder.model, saved)
+        return encoder, {"kept": str(saved)}
+    tasks = {"meld": text_task(["meld_train"], True), "goemotions": text_task(goemotions_train_names(), False)}
+    tuning = TEXT_TUNING
+    if smoke:   # checks the code, not the encoder
+        tasks = {name: TextTask(t.states[:128], t.labels[:128], t.single_label) for name, t in tasks.items()}
+        tuning = replace(TEXT_TUNING, epochs=1)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(max(1, len(os.sched_getaffinity(0))))   # the only step here that uses every core
+    try:
+        history = tune_text_layers(encoder, tasks, tuning)
+    finally:
+        torch.set_num_threads(threads)
+    history["texts"] = {name: len(task.states) for name, task in tasks.items()}
+    save_tuned_layers(encoder.model, TEXT_TUNING.first_layer, saved)
+    load_tuned_layers(encoder.model, saved)
+    return encoder, history
 
 
 def visual_layout(columns_measured: dict[str, np.ndarray]) -> tuple[list[str], dict[str, float], dict[str, str]]:
@@ -150,25 +217,26 @@ class Corpus:
         return {s: {k: len(v) for k, v in parts.items()} for s, parts in self.splits.items()}
 
 
-def goemotions_test() -> Split:
-    return _split_of(SequenceSet.load(cache_path("text_goemotions_test")), max_steps=MAX_TEXT_TOKENS)
-
-
-def load_corpus(acoustic: str = "librosa", goemotions_chunks: int | None = None, goemotions_test_now: bool = True) -> Corpus:
-    """Every set's train / valid / test; GoEmotions test may be added later (``goemotions_test()``)."""
-    meld = {k: _split_of(SequenceSet.load(cache_path(f"text_meld_{s}")), max_steps=MAX_TEXT_TOKENS)
-            for k, s in (("train", "train"), ("valid", "dev"), ("test", "test"))}
-    chunk_names = [n for n in text_cache_names() if n.startswith("goemotions_train_")]
-    available = [n for n in chunk_names if cache_path(f"text_{n}").exists()]
-    chunks = available[: goemotions_chunks or len(available)]
-    train_parts = [_split_of(SequenceSet.load(cache_path(f"text_{n}")), max_steps=MAX_TEXT_TOKENS) for n in chunks]
+def text_splits(text: TextFeatures, goemotions_chunks: int | None = None,
+                goemotions_test_now: bool = True) -> tuple[dict[str, Split], dict[str, Split], int]:
+    """MELD's and GoEmotions' train / valid (/ test) splits through `text`, and the GoEmotions chunks used."""
+    meld = {k: text.split(f"meld_{s}") for k, s in (("train", "train"), ("valid", "dev"), ("test", "test"))}
+    chunks = goemotions_train_names(goemotions_chunks)
+    train_parts = [text.split(n) for n in chunks]
     goemotions = {
         "train": Split([x for p in train_parts for x in p.sequences], np.concatenate([p.labels for p in train_parts]),
                        [i for p in train_parts for i in p.ids]),
-        "valid": _split_of(SequenceSet.load(cache_path("text_goemotions_dev")), max_steps=MAX_TEXT_TOKENS),
+        "valid": text.split("goemotions_dev"),
     }
     if goemotions_test_now:
-        goemotions["test"] = goemotions_test()
+        goemotions["test"] = text.split("goemotions_test")
+    return meld, goemotions, len(chunks)
+
+
+def load_corpus(text: TextFeatures, acoustic: str = "librosa", goemotions_chunks: int | None = None,
+                goemotions_test_now: bool = True) -> Corpus:
+    """Every set's train / valid / test; GoEmotions test may be added later (``text.split("goemotions_test")``)."""
+    meld, goemotions, chunks = text_splits(text, goemotions_chunks, goemotions_test_now)
     speech = load_acoustic(acoustic)
     actors = np.array(speech.groups)
     ravdess = {
@@ -189,7 +257,7 @@ def load_corpus(acoustic: str = "librosa", goemotions_chunks: int | None = None,
     fer = {"train": public.take(train_rows), "valid": public.take(valid_rows),
            "test": load_visual("PrivateTest", names, fill)[0]}
     return Corpus({"meld": meld, "goemotions": goemotions, "ravdess": ravdess, "fer": fer},
-                  names, fill, notes, acoustic, len(chunks))
+                  names, fill, notes, acoustic, chunks)
 
 
 # -------------------------------------------------------------------------------------------- metrics
@@ -560,17 +628,20 @@ def pooled_thresholds(model, corpus: Corpus, dims) -> list[float]:
 
 
 def model_card(corpus: Corpus, shipped: str, plan: TrainPlan, runs: dict, baselines: dict, tables: dict,
-               thresholds: list[float], acoustic_choice: dict) -> dict:
+               thresholds: list[float], acoustic_choice: dict, text_tuning: dict) -> dict:
     from extractors.text_features import D_TEXT
 
     return {
         "name": "ramer-timelines default model",
         "intended_use": ("non-commercial research only (RAVDESS is CC BY-NC-SA 4.0 and FER2013 is research-only); "
                          "a starting point for emotion timelines, not a validated classifier of real people"),
-        "licences": LICENCES,
+        "licences": {**LICENCES, TEXT_LAYERS_FILE: ("all-MiniLM-L6-v2 (Apache-2.0) blocks tuned on MELD "
+                                                     "(GPL-3.0) and GoEmotions (Apache-2.0) train")},
         "labels": list(LABELS),
         "architecture": shipped,
-        "extractors": {"text": f"extractors.text_features MiniLM token embeddings ({D_TEXT}-d)",
+        "extractors": {"text": (f"extractors.text_features MiniLM token embeddings ({D_TEXT}-d) with blocks "
+                                f"{TEXT_TUNING.first_layer}.. replaced by the tuned ones in {TEXT_LAYERS_FILE} "
+                                "(float16; the pipeline loads them from the checkpoint folder)"),
                        "acoustic": acoustic_choice["description"],
                        "visual": f"extractors.visual_features per-face vector ({len(corpus.visual_names)}-d, "
                                  "VISUAL_FEATURE_NAMES order)"},
@@ -597,6 +668,11 @@ def model_card(corpus: Corpus, shipped: str, plan: TrainPlan, runs: dict, baseli
                    "setting), plus label-matched pseudo-triples (a MELD utterance, a RAVDESS clip and a FER face "
                    f"with the same label, {plan.per_epoch['triples']} drawn afresh per epoch from the train splits). "
                    "The pseudo-triples are not real people: what one modality says about another was never seen."),
+        "text_tuning": {**text_tuning, "how": (
+            f"MiniLM blocks {TEXT_TUNING.first_layer}.. trained (the lower ones frozen) with one linear head per "
+            "set on the mean word-piece embedding: MELD train (softmax cross-entropy) and all of GoEmotions train "
+            "(per-label sigmoid), batches of one set drawn in random order; the heads are dropped. The fusion "
+            "models below then train on the tuned encoder's features of the same train texts")},
         "training": plan.serialize(),
         "model_size": MODEL_SIZE,
         "loss_weight_search": {k: {"valid_score": v["valid_score"], "best_epoch": v["best_epoch"]} for k, v in runs.items()},
@@ -604,7 +680,8 @@ def model_card(corpus: Corpus, shipped: str, plan: TrainPlan, runs: dict, baseli
         "thresholds": thresholds,
         "thresholds_note": "per label, F1-optimal on the four validation splits pooled",
         "metrics": tables,
-        "baselines": {"logistic_regression": {k: v["test"] for k, v in baselines.items()}},
+        "baselines": {"logistic_regression": {k: v["test"] for k, v in baselines.items()},
+                      "note": "':frozen': the same regression on the untuned MiniLM's features"},
         "trained_modalities": ["text", "acoustic", "visual"],
         "not_trained": ["natural (non-acted) speech: RAVDESS is acted, two sentences",
                         "TV-show faces in motion: FER2013 still web faces only",
@@ -617,7 +694,7 @@ def model_card(corpus: Corpus, shipped: str, plan: TrainPlan, runs: dict, baseli
 
 
 def markdown(tables: dict, baselines: dict, runs: dict, argmax: dict, shipped: str, timing: dict,
-             acoustic_choice: dict, corpus: Corpus) -> str:
+             acoustic_choice: dict, corpus: Corpus, text_tuning: dict) -> str:
     from benchmarks.machine import cpu_model
 
     names = {"meld": "MELD test weighted-F1", "goemotions": "GoEmotions-Ekman test macro-F1",
@@ -645,6 +722,21 @@ def markdown(tables: dict, baselines: dict, runs: dict, argmax: dict, shipped: s
               "| run | best epoch | validation score | seconds |", "|---|---|---|---|"]
     for name, run in runs.items():
         lines.append(f"| {name} | {run['best_epoch']} | {run['valid_score']:.4f} | {run['seconds']:.0f} |")
+    lines += ["", "## Text encoder", "",
+              f"MiniLM blocks {TEXT_TUNING.first_layer}.. tuned on MELD train and GoEmotions train "
+              f"({TEXT_LAYERS_FILE}, shipped beside the checkpoint); the logistic regression on the same pooled "
+              "features before and after tuning:", "",
+              "| set / metric | LR, frozen MiniLM | LR, tuned blocks | late fusion | RAMer |", "|---|---|---|---|---|"]
+    for name in ("meld", "goemotions"):
+        key = HEADLINE[name]
+        lines.append(f"| {names[name]} | {baselines[f'{name}:frozen']['test'][key]:.4f} | "
+                     f"{baselines[name]['test'][key]:.4f} | {tables['late_fusion'][name]['test'][key]:.4f} | "
+                     f"{tables['ramer'][name]['test'][key]:.4f} |")
+    epochs = text_tuning.get("epochs") or []
+    lines += ["", (f"Tuning: {len(epochs)} epochs, mean training loss per epoch "
+                   + ", ".join(f"{e['loss']:.4f}" for e in epochs)
+                   + f"; {sum(e['seconds'] for e in epochs):.0f} s on {len(os.sched_getaffinity(0))} cores."
+                   if epochs else f"Tuned blocks reused from an earlier build ({text_tuning.get('kept')}).")]
     lines += ["", "## Acoustic features", "", acoustic_choice["description"], "",
               "| features | LR valid UA (actors 15-18) | LR test UA (actors 19-24) |", "|---|---|---|"]
     for kind, scores in acoustic_choice["lr"].items():
@@ -664,6 +756,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--goemotions-chunks", type=int, default=1,
                         help=f"GoEmotions train chunks of {TEXT_CHUNK} comments used (cached ones only)")
     parser.add_argument("--workers", type=int, default=1, help="training runs in parallel (one thread each)")
+    parser.add_argument("--keep-text-layers", action="store_true",
+                        help=f"reuse the tuned text blocks of an earlier build ({CACHE / TEXT_LAYERS_FILE}) "
+                             "instead of tuning them again")
     parser.add_argument("--samples-per-epoch", type=int, default=None,
                         help="MELD / GoEmotions / FER samples drawn per epoch (default 3072, FER at most its 2871; triples: half)")
     parser.add_argument("--smoke", action="store_true", help="64 samples per set and epoch: checks the code, not the model")
@@ -676,15 +771,21 @@ def main(argv: list[str] | None = None) -> None:
 
     # acoustic features: the librosa set and, when cached, the whisper encoder states; the trained models use
     # the librosa set unless the whisper states' logistic regression is better on the validation actors
+    # text: MiniLM's top blocks tuned on MELD and GoEmotions train, then every text through the tuned encoder
+    text_layers = CACHE / (f"smoke_{TEXT_LAYERS_FILE}" if args.smoke else TEXT_LAYERS_FILE)
+    text_encoder, text_tuning = tune_text(text_layers, args.keep_text_layers, args.smoke)
+    timing["text layers"] = time.perf_counter() - started
+    text = TextFeatures(text_encoder, TEXT_TUNING.first_layer)
     kinds = [k for k in ("librosa", "whisper") if acoustic_cached(k)]
-    corpus = load_corpus("librosa", args.goemotions_chunks, goemotions_test_now=False)
-    acoustic_splits = {kind: load_corpus(kind, 1, goemotions_test_now=False).splits["ravdess"] for kind in kinds[1:]}
+    corpus = load_corpus(text, "librosa", args.goemotions_chunks, goemotions_test_now=False)
+    acoustic_splits = {kind: load_corpus(text, kind, 1, goemotions_test_now=False).splits["ravdess"]
+                       for kind in kinds[1:]}
     acoustic_lr = logistic_baselines(corpus, {f"ravdess:{k}": v for k, v in acoustic_splits.items()}, only="ravdess")
     lr = {k.split(":")[-1] if ":" in k else "librosa": {p: v[p]["unweighted_accuracy"] for p in ("valid", "test")}
           for k, v in acoustic_lr.items()}
     chosen = max(lr, key=lambda k: lr[k]["valid"])
     if chosen != "librosa":
-        corpus = load_corpus(chosen, args.goemotions_chunks, goemotions_test_now=False)
+        corpus = load_corpus(text, chosen, args.goemotions_chunks, goemotions_test_now=False)
     from extractors.acoustic_features import DEFAULT_WHISPER_BLOCKS
 
     whisper_blocks = DEFAULT_WHISPER_BLOCKS if chosen == "whisper" else None
@@ -695,7 +796,7 @@ def main(argv: list[str] | None = None) -> None:
         f"{described}, mean-pooled over runs of {ACOUSTIC_POOL} frames; chosen by the logistic regression's "
         f"validation unweighted accuracy among {kinds}")}
     argmax = expression_argmax(corpus)
-    timing["data"] = time.perf_counter() - started
+    timing["data"] = time.perf_counter() - started - timing["text layers"]
 
     plan = TrainPlan(epochs=args.epochs)
     if args.samples_per_epoch:
@@ -710,8 +811,11 @@ def main(argv: list[str] | None = None) -> None:
     timing["training (all runs)"] = time.perf_counter() - t
 
     t = time.perf_counter()
-    corpus.splits["goemotions"]["test"] = goemotions_test()
-    baselines = logistic_baselines(corpus)
+    corpus.splits["goemotions"]["test"] = text.split("goemotions_test")
+    # the same regression on the frozen encoder's features: what tuning the text blocks bought
+    frozen_meld, frozen_goemotions, _ = text_splits(TextFeatures(TextEncoder(device="cpu"), TEXT_TUNING.first_layer),
+                                                    args.goemotions_chunks)
+    baselines = logistic_baselines(corpus, {"meld:frozen": frozen_meld, "goemotions:frozen": frozen_goemotions})
     timing["logistic regression"] = time.perf_counter() - t + timing.pop("data")
     dims = {"text": jobs[0][1].text_dim, "visual": jobs[0][1].visual_dim, "acoustic": jobs[0][1].acoustic_dim}
     test_triples = triple_split(corpus, "test", 70 if args.smoke else 700, SEED + 2)
@@ -729,20 +833,20 @@ def main(argv: list[str] | None = None) -> None:
     model = models[shipped_run]
     thresholds = pooled_thresholds(model, corpus, dims)
     timing["total"] = time.perf_counter() - started
-    card = model_card(corpus, shipped, plan, runs, baselines, tables, thresholds, acoustic_choice)
+    card = model_card(corpus, shipped, plan, runs, baselines, tables, thresholds, acoustic_choice, text_tuning)
     card.update(runs=runs, timing_seconds=timing, expression_argmax_accuracy=argmax,
                 acoustic_pool_frames=ACOUSTIC_POOL, shipped_run=shipped_run)
     from ramer_core.training import json_safe
 
     model.config.extra = {"default_model": True, "acoustic_features": chosen, "acoustic_pool_frames": ACOUSTIC_POOL,
-                          "acoustic_whisper_blocks": whisper_blocks,
+                          "acoustic_whisper_blocks": whisper_blocks, "text_tuned_layers": TEXT_LAYERS_FILE,
                           "visual_feature_names": corpus.visual_names, "visual_fill": corpus.visual_fill}
-    model.save_pretrained(args.out, card=json_safe(card))
-    text = markdown(tables, baselines, runs, argmax, shipped, timing, acoustic_choice, corpus)
+    model.save_pretrained(args.out, card=json_safe(card), companions={TEXT_LAYERS_FILE: text_layers})
+    report = markdown(tables, baselines, runs, argmax, shipped, timing, acoustic_choice, corpus, text_tuning)
     from extractors.io import write_atomically
 
-    write_atomically(args.results, lambda p: p.write_text(text, encoding="utf-8"))
-    print(text)
+    write_atomically(args.results, lambda p: p.write_text(report, encoding="utf-8"))
+    print(report)
 
 
 if __name__ == "__main__":

@@ -7,9 +7,11 @@ Nothing here goes into the repository. ``acoustic --actors 1 6`` (and 7 12, 13 1
 cache in four parts that can run in parallel processes; ``text --only NAME`` builds one text cache.
 
 - text: MELD (train/dev/test utterances, 7 labels) and GoEmotions-Ekman (dev/test, and train in chunks of
-  TEXT_CHUNK comments, multi-label) through :class:`extractors.text_features.TextEncoder` token embeddings
-  ([T, 384] per text, special tokens dropped, at most 256 word pieces: what ``span_features`` gives the
-  pipeline). Texts are batched by length; the attention mask makes the padded batch give the same rows.
+  TEXT_CHUNK comments, multi-label) through :class:`extractors.text_features.TextEncoder`: the hidden states
+  after the frozen blocks (``lower_states``, [L, 384] per text with [CLS] and [SEP], at most 256 word pieces).
+  The rebuild tunes the blocks above on them and runs those blocks (``upper_tokens``) to get what
+  ``span_features`` gives the pipeline. Texts are batched by length; the attention mask makes the padded
+  batch give the same rows.
 - acoustic: RAVDESS speech (1,440 clips; "calm" is mapped to neutral) through the pipeline's path for a
   speaker: silero VAD regions as the speaker's turns, then ``speaker_span`` of the whole-clip frames; the
   47-d librosa set (``acoustic``) and the whisper-tiny.en encoder states after DEFAULT_WHISPER_BLOCKS blocks
@@ -152,15 +154,25 @@ def text_cache_names() -> list[str]:
     return ["meld_train", "meld_dev", "meld_test", chunks[0], "goemotions_dev", "goemotions_test", *chunks[1:]]
 
 
-def build_text(batch_size: int = 64, only: list[str] | None = None) -> None:
-    import torch
+def text_states_layer() -> int:
+    """The block the cached text states are taken after: the first one the default model tunes."""
+    from pipeline.training.text_layers import TextLayerTuning
 
-    from extractors.text_features import D_TEXT, TextEncoder
+    return TextLayerTuning.first_layer
+
+
+def text_cache(name: str) -> Path:
+    return cache_path(f"text_states{text_states_layer()}_{name}")
+
+
+def build_text(only: list[str] | None = None) -> None:
+    from extractors.text_features import TextEncoder
 
     corpora = text_corpora()
     encoder = TextEncoder(device="cpu")
+    layer = text_states_layer()
     for name in text_cache_names():
-        path = cache_path(f"text_{name}")
+        path = text_cache(name)
         if path.exists() or (only and name not in only):
             continue
         if name.startswith("goemotions_train_"):
@@ -169,19 +181,8 @@ def build_text(batch_size: int = 64, only: list[str] | None = None) -> None:
         else:
             ids, texts, labels, groups = corpora[name]
         started = time.perf_counter()
-        sequences: list[np.ndarray] = [np.zeros((0, D_TEXT), np.float16)] * len(texts)
-        lengths = [len(encoder.tokenizer.tokenize(t)) for t in texts]
-        order = np.argsort(lengths, kind="stable")   # similar lengths share a batch: little padding
-        for first in range(0, len(order), batch_size):
-            chosen = [int(i) for i in order[first: first + batch_size] if texts[int(i)].strip()]
-            if not chosen:
-                continue
-            with torch.inference_mode():
-                hidden, mask, special = encoder._encode([texts[i] for i in chosen])   # [B, L, D]
-            keep = mask & ~special
-            for row, index in enumerate(chosen):
-                sequences[index] = hidden[row][keep[row]].numpy().astype(np.float16)  # [T, D]
-        SequenceSet.build(list(ids), sequences, np.asarray(labels), list(groups)).save(path)
+        states = encoder.lower_states(list(texts), layer)            # [L, D] per text, [CLS] and [SEP] kept
+        SequenceSet.build(list(ids), states, np.asarray(labels), list(groups)).save(path)
         log.info("%s: %d texts in %.0f s", name, len(texts), time.perf_counter() - started)
 
 

@@ -8,6 +8,12 @@ transformers (no sentence-transformers, no hub access). Two granularities:
   sentence-transformers recipe for this model), [segments, 384].
 
 A character with no words in the span gets an empty `(0, D_TEXT)` array.
+
+Tuned layers: the default checkpoint carries emotion-tuned copies of MiniLM's top blocks
+(``text_layers.safetensors``, written by :func:`save_tuned_layers`); ``TextEncoder(tuned_layers=...)`` puts
+them over the packaged weights, so every granularity reads the tuned encoder. :meth:`TextEncoder.lower_states`
+and :meth:`TextEncoder.upper_tokens` split one forward pass at a block, for training those blocks over
+states of the frozen ones computed once.
 """
 
 from __future__ import annotations
@@ -15,12 +21,14 @@ from __future__ import annotations
 import logging
 import os
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Literal
 
 import numpy as np
 import torch
 
 from extractors.contracts import SpeechSegment
+from extractors.errors import ExtractorError
 from extractors.model_store import resolve_model
 
 log = logging.getLogger(__name__)
@@ -36,11 +44,58 @@ class TextConfig:
     batch_size: int = 32
 
 
+TUNED_LAYERS_FORMAT = "ramer-text-layers"
+
+
+def tuned_layer_names(model: torch.nn.Module, first_layer: int) -> list[str]:
+    """State-dict names of the encoder blocks from `first_layer` on (what a tuned-layers file holds)."""
+    prefixes = tuple(f"encoder.layer.{i}." for i in range(first_layer, model.config.num_hidden_layers))
+    return [name for name in model.state_dict() if name.startswith(prefixes)]
+
+
+def save_tuned_layers(model: torch.nn.Module, first_layer: int, path: str | os.PathLike,
+                      dtype: torch.dtype = torch.float16) -> Path:
+    """Write blocks `first_layer`.. of `model` (a MiniLM ``AutoModel``) as safetensors, atomically."""
+    from safetensors.torch import save_file
+
+    from extractors.io import write_atomically
+
+    state = model.state_dict()
+    tensors = {name: state[name].detach().to("cpu", dtype).contiguous() for name in tuned_layer_names(model, first_layer)}
+    metadata = {"format": TUNED_LAYERS_FORMAT, "first_layer": str(first_layer),
+                "num_layers": str(model.config.num_hidden_layers), "hidden_size": str(model.config.hidden_size)}
+    return write_atomically(Path(path), lambda temporary: save_file(tensors, str(temporary), metadata=metadata))
+
+
+def load_tuned_layers(model: torch.nn.Module, path: str | os.PathLike) -> int:
+    """Put the blocks of a tuned-layers file over `model`'s own; returns the first tuned block.
+    Raises ExtractorError when the file is not one, or was tuned from another encoder."""
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as file:
+            metadata = file.metadata() or {}
+            tensors = {name: file.get_tensor(name) for name in file.keys()}
+    except (OSError, SafetensorError) as error:
+        raise ExtractorError(f"tuned text layers {path}: cannot be read ({error})") from error
+    if metadata.get("format") != TUNED_LAYERS_FORMAT or not str(metadata.get("first_layer", "")).isdigit():
+        raise ExtractorError(f"tuned text layers {path}: not a {TUNED_LAYERS_FORMAT} file")
+    first_layer = int(metadata["first_layer"])
+    expected = tuned_layer_names(model, first_layer)
+    own = model.state_dict()
+    wrong = sorted(set(tensors) ^ set(expected)) or [n for n in expected if tensors[n].shape != own[n].shape]
+    if wrong:
+        raise ExtractorError(f"tuned text layers {path} do not fit this MiniLM (first mismatch: {wrong[0]}); "
+                             "they were tuned from another encoder")
+    model.load_state_dict({name: tensor.to(own[name].dtype) for name, tensor in tensors.items()}, strict=False)
+    return first_layer
+
+
 class TextEncoder:
-    """MiniLM embeddings of transcribed text."""
+    """MiniLM embeddings of transcribed text (with tuned top blocks when `tuned_layers` names a file)."""
 
     def __init__(self, config: TextConfig | None = None, model_path: str | os.PathLike | None = None,
-                 device: str | None = None):
+                 device: str | None = None, tuned_layers: str | os.PathLike | None = None):
         from transformers import AutoModel, AutoTokenizer
         from transformers.utils import logging as hf_logging
 
@@ -55,6 +110,64 @@ class TextEncoder:
         finally:
             if bar_was_enabled:
                 hf_logging.enable_progress_bar()
+        # the first tuned block (None: the packaged weights throughout)
+        self.tuned_from = load_tuned_layers(self.model, tuned_layers) if tuned_layers is not None else None
+
+    @property
+    def num_layers(self) -> int:
+        return int(self.model.config.num_hidden_layers)
+
+    def _batches(self, lengths: list[int]):
+        """Indices in batches of similar length (little padding; the mask makes padding change no row)."""
+        order = np.argsort(lengths, kind="stable")
+        for first in range(0, len(order), self.config.batch_size):
+            yield [int(i) for i in order[first: first + self.config.batch_size]]
+
+    def lower_states(self, texts: list[str], layer: int) -> list[np.ndarray]:
+        """Per text, the hidden states after `layer` blocks ([L, D] float32 with [CLS] first and [SEP] last;
+        (0, D) for a blank text): the input of :meth:`upper_tokens`."""
+        if not 0 <= layer <= self.num_layers:
+            raise ValueError(f"layer {layer} is outside 0..{self.num_layers}")
+        states = [np.zeros((0, D_TEXT), np.float32)] * len(texts)
+        lengths = [len(self.tokenizer.tokenize(t)) for t in texts]
+        for chosen in self._batches(lengths):
+            chosen = [i for i in chosen if texts[i].strip()]
+            if not chosen:
+                continue
+            batch = self.tokenizer([texts[i] for i in chosen], padding=True, truncation=True,
+                                   max_length=self.config.max_tokens, return_tensors="pt")
+            with torch.inference_mode():
+                hidden = self.model(**batch.to(self.device), output_hidden_states=True).hidden_states[layer]
+            kept = batch["attention_mask"].sum(1).tolist()
+            for row, index in enumerate(chosen):
+                states[index] = hidden[row, : kept[row]].float().cpu().numpy()
+        return states
+
+    def upper_blocks(self, layer: int) -> torch.nn.ModuleList:
+        return self.model.encoder.layer[layer:]
+
+    def run_upper(self, states: torch.Tensor, valid: torch.Tensor, layer: int) -> torch.Tensor:
+        """Blocks `layer`.. over padded states [B, L, D] with `valid` [B, L] marking real rows: [B, L, D]."""
+        blocked = (~valid)[:, None, None, :].to(states.dtype) * torch.finfo(states.dtype).min   # [B, 1, 1, L]
+        for block in self.upper_blocks(layer):
+            out = block(states, attention_mask=blocked)
+            states = out[0] if isinstance(out, tuple) else out
+        return states
+
+    def upper_tokens(self, states: list[np.ndarray], layer: int) -> list[np.ndarray]:
+        """The rest of the forward pass from :meth:`lower_states`: per text its [T, D_TEXT] word-piece
+        embeddings, [CLS]/[SEP] dropped (what :meth:`token_embeddings` gives for that text)."""
+        out = [np.zeros((0, D_TEXT), np.float32)] * len(states)
+        for chosen in self._batches([len(s) for s in states]):
+            chosen = [i for i in chosen if len(states[i])]
+            if not chosen:
+                continue
+            x, valid = pad_states([states[i] for i in chosen], self.device)
+            with torch.inference_mode():
+                hidden = self.run_upper(x, valid, layer).float().cpu()                     # [B, L, D]
+            for row, index in enumerate(chosen):
+                out[index] = hidden[row, 1: len(states[index]) - 1].numpy()
+        return out
 
     def _encode(self, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(hidden [B, L, D], attention mask [B, L], special-token mask [B, L]) on the CPU."""
@@ -109,3 +222,14 @@ class TextEncoder:
         if self.config.granularity == "sentence":
             return self.sentence_embeddings(texts)
         return self.token_embeddings(" ".join(texts))
+
+
+def pad_states(states: list[np.ndarray], device: torch.device | str = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
+    """Variable-length [L_i, D] states as a zero-padded [B, L, D] float32 tensor and its valid mask [B, L]."""
+    longest = max(len(s) for s in states)
+    x = torch.zeros(len(states), longest, states[0].shape[1])
+    valid = torch.zeros(len(states), longest, dtype=torch.bool)
+    for row, s in enumerate(states):
+        x[row, : len(s)] = torch.from_numpy(np.asarray(s, np.float32))
+        valid[row, : len(s)] = True
+    return x.to(device), valid.to(device)

@@ -241,6 +241,7 @@ class PipelineRunner:
 
         self.scorer = EmotionScorer.load(checkpoint, device=self.device)
         self.stages.acoustic_whisper_blocks = self.scorer.acoustic_whisper_blocks
+        self.stages.text_tuned_layers = self.scorer.text_tuned_layers
         self.audio: DecodedAudio | None = None   # the last run's audio (on disk only while stages need it)
 
     # --------------------------------------------------------------------------------------- run

@@ -28,10 +28,11 @@ log = logging.getLogger(__name__)
 DEFAULT_CHECKPOINT = Path(__file__).with_name("default_model")
 
 
-def checkpoint_digest(folder: Path) -> str:
+def checkpoint_digest(folder: Path, companions: tuple[Path, ...] = ()) -> str:
+    """sha256 of the weights, the config and the companion files the checkpoint's inputs depend on."""
     digest = hashlib.sha256()
-    for name in ("config.json", "model.safetensors"):
-        digest.update((folder / name).read_bytes())
+    for path in (folder / "config.json", folder / "model.safetensors", *companions):
+        digest.update(path.read_bytes())
     return digest.hexdigest()
 
 
@@ -42,6 +43,8 @@ class EmotionScorer:
     explicit: bool
     digest: str
     device: str
+    # the tuned text-encoder blocks the checkpoint was trained over (its companion file; None: packaged MiniLM)
+    text_tuned_layers: Path | None = None
     batch_size: int = 64       # samples per forward pass at most
     # ... and at most this many MiB of padded inputs: a batch pads every sample to its most crowded moment
     # and longest sequences (crowded scenes of an hour made transients of up to 136 MB, 33 MB capped; measured).
@@ -61,7 +64,9 @@ class EmotionScorer:
             raise UserError(f"the default RAMer checkpoint is missing at {path}; reinstall the project or pass "
                             "--checkpoint DIR")
         model = from_pretrained(path, map_location=device)
-        scorer = cls(model.eval(), path, explicit, checkpoint_digest(path), device)
+        text_layers = tuned_text_layers(model, path)
+        scorer = cls(model.eval(), path, explicit, checkpoint_digest(path, (text_layers,) if text_layers else ()),
+                     device, text_layers)
         check_fits_extractors(model, path, scorer.acoustic_kind, scorer.visual_fill)
         return scorer
 
@@ -128,6 +133,11 @@ class EmotionScorer:
         return replace(entry, visual=pool_time(visual, min(limits.max_visual_steps, max_positions)),
                        acoustic=pool_time(acoustic, min(limits.max_acoustic_steps, max_positions)),
                        text=entry.text[: min(limits.max_text_steps, max_positions)])
+
+    @property
+    def companions(self) -> dict[str, Path]:
+        """Files that travel with the checkpoint when it is trained further and saved elsewhere."""
+        return {self.text_tuned_layers.name: self.text_tuned_layers} if self.text_tuned_layers else {}
 
     @property
     def trained_modalities(self) -> list[str]:
@@ -286,6 +296,17 @@ def moment_sample(entries: list[ModalityInputs], target: int, config):
 
 
 WHISPER_TINY_DIM = 384  # whisper-tiny.en encoder width (the acoustic_features "whisper" option)
+
+
+def tuned_text_layers(model, path: Path) -> Path | None:
+    """The checkpoint's tuned text blocks (config extra ``text_tuned_layers``, a file in its folder)."""
+    name = (getattr(model.config, "extra", None) or {}).get("text_tuned_layers")
+    if not name:
+        return None
+    if Path(name).name != name or not (path / name).is_file():
+        raise UserError(f"checkpoint {path} was trained over tuned text layers {name!r}, which are not in its "
+                        "folder; copy the whole checkpoint folder")
+    return path / name
 
 
 def check_fits_extractors(model, path: Path, acoustic_kind: str = "librosa", visual_fill: dict | None = None) -> None:

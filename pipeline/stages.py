@@ -16,6 +16,7 @@ import copy
 import logging
 import os
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from pipeline.config import PipelineConfig
@@ -41,6 +42,8 @@ class StageFactory:
     device: str = "cpu"
     # encoder blocks of the whisper acoustic features: the checkpoint's choice (None: the whole encoder)
     acoustic_whisper_blocks: int | None = None
+    # tuned top blocks of the text encoder: the checkpoint's companion file (None: the packaged MiniLM)
+    text_tuned_layers: Path | None = None
     _built: dict[str, Any] = field(default_factory=dict)
     _located: dict[str, dict] = field(default_factory=dict)
 
@@ -61,8 +64,13 @@ class StageFactory:
         names = list(STAGE_MODELS.get(stage, ()))
         if stage == "asr":
             names = [self.config.asr_model]
-        return {name: f"{info['source']}:{info['version']}:{info['path']}"
-                for name in names for info in [self.model_info(name)]}
+        versions = {name: f"{info['source']}:{info['version']}:{info['path']}"
+                    for name in names for info in [self.model_info(name)]}
+        if stage == "text" and self.text_tuned_layers is not None:
+            from pipeline.stage_cache import file_sha256
+
+            versions["text-tuned-layers"] = file_sha256(self.text_tuned_layers)
+        return versions
 
     @property
     def audio_threads(self) -> int:
@@ -133,4 +141,5 @@ class StageFactory:
     def _build_text(self):
         from extractors.text_features import TextEncoder
 
-        return TextEncoder(copy.deepcopy(self.config.text), model_path=self._path("minilm"), device=self.device)
+        return TextEncoder(copy.deepcopy(self.config.text), model_path=self._path("minilm"), device=self.device,
+                           tuned_layers=self.text_tuned_layers)

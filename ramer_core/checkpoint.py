@@ -31,10 +31,18 @@ FORMAT = "ramer-core"
 FORMAT_VERSION = 2  # 2: encoder embedding LayerNorm, personality concat-fuse, no aggregator dropout
 
 
-def save_pretrained(model: RamerModel, directory: str | os.PathLike, card: dict[str, Any] | None = None) -> Path:
+def save_pretrained(model: RamerModel, directory: str | os.PathLike, card: dict[str, Any] | None = None,
+                    companions: dict[str, str | os.PathLike] | None = None) -> Path:
     """Write ``model.safetensors`` and ``config.json`` (config incl. dimensions, label names and
-    threshold, plus the model card) into ``directory``; each file appears complete or not at all."""
+    threshold, plus the model card) into ``directory``; each file appears complete or not at all.
+    `companions` ({file name: source path}) are copied in beside them: files the checkpoint's inputs
+    depend on (the default model's tuned text layers), which must travel with it."""
     directory = Path(directory)
+    for name, source in (companions or {}).items():
+        if Path(name).name != name or name in (WEIGHTS_NAME, CONFIG_NAME):
+            raise RamerInputError(f"companion file name {name!r} must be a plain name other than the checkpoint's own")
+        if not Path(source).is_file():
+            raise RamerInputError(f"companion file {source} not found")
     if card is not None:
         model.card = dict(card)
     state = {name: tensor.detach().cpu().contiguous() for name, tensor in model.state_dict().items()}
@@ -58,6 +66,8 @@ def save_pretrained(model: RamerModel, directory: str | os.PathLike, card: dict[
     previous = directory.with_name(f".{directory.name}.previous")
     try:
         save_file(state, str(staging / WEIGHTS_NAME), metadata={"format": FORMAT})
+        for name, source in (companions or {}).items():
+            shutil.copyfile(source, staging / name)
         (staging / CONFIG_NAME).write_text(text + "\n", encoding="utf-8")
         if directory.exists():
             shutil.rmtree(previous, ignore_errors=True)

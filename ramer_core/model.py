@@ -414,10 +414,10 @@ class RamerModel(nn.Module):
             (no_decay if plain else decay).append(parameter)
         return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
-    def save_pretrained(self, directory, card: dict | None = None) -> None:
+    def save_pretrained(self, directory, card: dict | None = None, companions: dict | None = None) -> None:
         from ramer_core.checkpoint import save_pretrained
 
-        save_pretrained(self, directory, card)
+        save_pretrained(self, directory, card, companions)
 
     @classmethod
     def from_pretrained(cls, directory, map_location=None) -> RamerModel:

@@ -101,6 +101,16 @@ def settle_bad_rows(annotations: Annotations, policy: str) -> None:
         raise UserError(f"{annotations.path}: no usable rows ({len(annotations.bad)} bad)")
 
 
+def text_of(scorer: EmotionScorer) -> str:
+    """The text encoder a checkpoint reads, in words."""
+    layers = scorer.text_tuned_layers
+    if layers is None:
+        return "the packaged MiniLM"
+    from pipeline.stage_cache import file_sha256
+
+    return f"MiniLM with tuned blocks {layers.name} (sha256 {file_sha256(layers)[:12]})"
+
+
 def acoustic_of(scorer: EmotionScorer) -> str:
     """The acoustic features a checkpoint reads, in words (kind and, for whisper, the encoder blocks)."""
     blocks = scorer.acoustic_whisper_blocks
@@ -122,11 +132,15 @@ def corpus_features(args: argparse.Namespace, annotations: Annotations, checkpoi
         if acoustic_of(runner.scorer) != acoustic_of(scorer):
             raise UserError(f"the pipeline would extract {acoustic_of(runner.scorer)} acoustic features; the "
                             f"checkpoint reads {acoustic_of(scorer)}")
+        if text_of(runner.scorer) != text_of(scorer):
+            raise UserError(f"the pipeline would encode text with {text_of(runner.scorer)}; the checkpoint reads "
+                            f"{text_of(scorer)}")
         return runner
 
     with progress_bar("features (videos)", quiet=getattr(args, "quiet", False)) as advance:
         features, report = extract_features(annotations.rows, cache, extraction_settings(config, scorer.acoustic_kind,
-                                                                                scorer.acoustic_whisper_blocks),
+                                                                                scorer.acoustic_whisper_blocks,
+                                                                                scorer.text_tuned_layers),
                                             make_runner, progress=advance)
     if report.bad:
         annotations.bad = sorted([*annotations.bad, *report.bad], key=lambda b: b.line)
@@ -220,9 +234,11 @@ def new_model_scorer(args: argparse.Namespace, base):
     empty = RamerDataset([], base_config.label_names, dims)
     config = build_config(args, DatasetSplits(empty, empty, empty))
     extra = {k: v for k, v in dict(base_config.extra).items() if k in ("acoustic_features", "acoustic_pool_frames",
-                                                                        "acoustic_whisper_blocks", "visual_feature_names")}
+                                                                        "acoustic_whisper_blocks", "visual_feature_names",
+                                                                        "text_tuned_layers")}
     config = replace(config, extra=extra)
-    return EmotionScorer(RamerModel(config), Path(args.out), True, "", base.device)
+    # the default's tuned text blocks stay: the features are extracted through them
+    return EmotionScorer(RamerModel(config), Path(args.out), True, "", base.device, base.text_tuned_layers)
 
 
 def corpus_card(args, annotations: Annotations, report: ExtractionReport, start: str, base_card: dict,
@@ -298,7 +314,7 @@ def train_on_corpus(args: argparse.Namespace, training) -> int:
         result = train(model, train_set, valid_set, training, progress=progress)
     changed = sum(not torch.equal(before[name], tensor.cpu()) for name, tensor in model.state_dict().items())
     card = corpus_card(args, annotations, report, start, base_card, train_set, valid_set, training, result, features)
-    model.save_pretrained(args.out, card=card)
+    model.save_pretrained(args.out, card=card, companions=scorer.companions)
     log.info("saved %s: %d train / %d valid rows, best epoch %d, valid micro-F1 %.4f, %d of %d tensors changed",
              args.out, len(train_set), len(valid_set), result.best_epoch, result.threshold.micro_f1, changed,
              len(before))

@@ -79,11 +79,12 @@ class ExtractionReport:
                 f"({self.videos_analysed} videos analysed), {len(self.bad)} unusable, {self.seconds:.1f} s")
 
 
-def extraction_settings(config: PipelineConfig, acoustic_kind: str, whisper_blocks: int | None = None) -> dict:
+def extraction_settings(config: PipelineConfig, acoustic_kind: str, whisper_blocks: int | None = None,
+                        text_tuned_layers: Path | None = None) -> dict:
     """Everything that decides a row's features: stage settings and model versions (not the device)."""
     from pipeline.stages import STAGE_MODELS, StageFactory
 
-    factory = StageFactory(config)
+    factory = StageFactory(config, text_tuned_layers=text_tuned_layers)
     settings = config.model_dump(mode="json", exclude={"device", "models"})
     models = {stage: factory.model_versions(stage) for stage in STAGE_MODELS}
     return {"version": FEATURES_VERSION, "settings": settings, "models": models, "acoustic_kind": acoustic_kind,

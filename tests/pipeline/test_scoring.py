@@ -140,3 +140,31 @@ def test_the_samples_of_a_moment_share_its_scene():
     assert [s.target_person for s in samples] == [0, 1]
     assert samples[0].acoustic is samples[1].acoustic and samples[0].visual is samples[1].visual
     assert moment_samples([], Config) == []
+
+
+def test_tuned_text_layers_are_part_of_the_checkpoint_and_of_the_text_stage_key(tmp_path):
+    """A checkpoint naming tuned text blocks loads them from its folder: they change its digest and the text
+    stage's cache key; a checkpoint whose blocks are missing is refused with a message."""
+    from ramer_core.checkpoint import from_pretrained
+
+    from pipeline.config import PipelineConfig
+    from pipeline.stages import StageFactory
+
+    folder = tiny_checkpoint(tmp_path / "ckpt", {})
+    plain = EmotionScorer.load(folder)
+    model = from_pretrained(folder)
+    model.config.extra = {"text_tuned_layers": "text_layers.safetensors"}
+    layers = tmp_path / "text_layers.safetensors"
+    layers.write_bytes(b"first")
+    model.save_pretrained(folder, companions={"text_layers.safetensors": layers})
+    tuned = EmotionScorer.load(folder)
+    assert tuned.text_tuned_layers == folder / "text_layers.safetensors" and plain.text_tuned_layers is None
+    assert tuned.digest != plain.digest and tuned.companions == {"text_layers.safetensors": tuned.text_tuned_layers}
+    factory = StageFactory(PipelineConfig(), text_tuned_layers=tuned.text_tuned_layers)
+    first = factory.model_versions("text")
+    (folder / "text_layers.safetensors").write_bytes(b"second")
+    assert StageFactory(PipelineConfig(), text_tuned_layers=tuned.text_tuned_layers).model_versions("text") != first
+    assert "text-tuned-layers" not in StageFactory(PipelineConfig()).model_versions("text")
+    (folder / "text_layers.safetensors").unlink()
+    with pytest.raises(UserError, match="tuned text layers"):
+        EmotionScorer.load(folder)

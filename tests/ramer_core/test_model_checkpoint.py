@@ -90,3 +90,17 @@ def test_a_failed_save_keeps_the_previous_checkpoint_whole(tmp_path, monkeypatch
     assert loaded.card == {"version": 1}
     assert all(torch.equal(a, b) for a, b in zip(loaded.state_dict().values(), first.state_dict().values(), strict=True))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt"]  # no staging or backup left behind
+
+
+def test_companion_files_travel_with_the_checkpoint(tmp_path):
+    model = RamerModel(tiny_config())
+    companion = tmp_path / "layers.bin"
+    companion.write_bytes(b"tuned blocks")
+    model.save_pretrained(tmp_path / "ckpt", companions={"text_layers.safetensors": companion})
+    assert (tmp_path / "ckpt" / "text_layers.safetensors").read_bytes() == b"tuned blocks"
+    model.save_pretrained(tmp_path / "ckpt")          # saved again without it: the folder is replaced whole
+    assert not (tmp_path / "ckpt" / "text_layers.safetensors").exists()
+    for name, source in (("../escape", companion), ("config.json", companion), ("x.safetensors", tmp_path / "none")):
+        with pytest.raises(RamerInputError, match="companion"):
+            model.save_pretrained(tmp_path / "other", companions={name: source})
+    assert not (tmp_path / "other").exists()
