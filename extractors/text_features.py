@@ -18,6 +18,7 @@ states of the frozen ones computed once.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 from dataclasses import dataclass
@@ -62,8 +63,10 @@ def save_tuned_layers(model: torch.nn.Module, first_layer: int, path: str | os.P
 
     state = model.state_dict()
     tensors = {name: state[name].detach().to("cpu", dtype).contiguous() for name in tuned_layer_names(model, first_layer)}
-    metadata = {"format": TUNED_LAYERS_FORMAT, "first_layer": str(first_layer),
-                "num_layers": str(model.config.num_hidden_layers), "hidden_size": str(model.config.hidden_size)}
+    # one metadata key: safetensors writes several in no fixed order, and the file's digest keys the text stage
+    metadata = {"format": json.dumps({"name": TUNED_LAYERS_FORMAT, "first_layer": first_layer,
+                                      "num_layers": model.config.num_hidden_layers,
+                                      "hidden_size": model.config.hidden_size}, sort_keys=True)}
     return write_atomically(Path(path), lambda temporary: save_file(tensors, str(temporary), metadata=metadata))
 
 
@@ -78,9 +81,14 @@ def load_tuned_layers(model: torch.nn.Module, path: str | os.PathLike) -> int:
             tensors = {name: file.get_tensor(name) for name in file.keys()}
     except (OSError, SafetensorError) as error:
         raise ExtractorError(f"tuned text layers {path}: cannot be read ({error})") from error
-    if metadata.get("format") != TUNED_LAYERS_FORMAT or not str(metadata.get("first_layer", "")).isdigit():
+    try:
+        described = json.loads(metadata.get("format", ""))
+    except json.JSONDecodeError:
+        described = None
+    if not isinstance(described, dict) or described.get("name") != TUNED_LAYERS_FORMAT \
+            or not isinstance(described.get("first_layer"), int):
         raise ExtractorError(f"tuned text layers {path}: not a {TUNED_LAYERS_FORMAT} file")
-    first_layer = int(metadata["first_layer"])
+    first_layer = described["first_layer"]
     expected = tuned_layer_names(model, first_layer)
     own = model.state_dict()
     wrong = sorted(set(tensors) ^ set(expected)) or [n for n in expected if tensors[n].shape != own[n].shape]

@@ -93,6 +93,8 @@ def test_tuned_layers_replace_only_the_top_blocks(encoder, tmp_path):
 
 
 def test_tuned_layers_of_another_kind_are_refused_with_a_message(encoder, tmp_path):
+    import json
+
     import torch
     from safetensors.torch import save_file
 
@@ -103,7 +105,7 @@ def test_tuned_layers_of_another_kind_are_refused_with_a_message(encoder, tmp_pa
     save_file({"x": torch.zeros(2)}, str(not_layers))
     wrong_shape = tmp_path / "wrong.safetensors"
     save_file({"encoder.layer.5.output.dense.weight": torch.zeros(2, 2)}, str(wrong_shape),
-              metadata={"format": TUNED_LAYERS_FORMAT, "first_layer": "5"})
+              metadata={"format": json.dumps({"name": TUNED_LAYERS_FORMAT, "first_layer": 5})})
     broken = tmp_path / "broken.safetensors"
     broken.write_bytes(b"not a safetensors file")
     for path, words in ((not_layers, "not a ramer-text-layers file"), (wrong_shape, "do not fit this MiniLM"),

@@ -145,10 +145,9 @@ def test_the_samples_of_a_moment_share_its_scene():
 def test_tuned_text_layers_are_part_of_the_checkpoint_and_of_the_text_stage_key(tmp_path):
     """A checkpoint naming tuned text blocks loads them from its folder: they change its digest and the text
     stage's cache key; a checkpoint whose blocks are missing is refused with a message."""
-    from ramer_core.checkpoint import from_pretrained
-
     from pipeline.config import PipelineConfig
     from pipeline.stages import StageFactory
+    from ramer_core.checkpoint import from_pretrained
 
     folder = tiny_checkpoint(tmp_path / "ckpt", {})
     plain = EmotionScorer.load(folder)

@@ -118,6 +118,9 @@ def test_fine_tuning_changes_the_weights_and_keeps_labels_and_sizes(setup):
     # the same input preparation (visual fill, acoustic pooling); no longer marked as the default model
     assert tuned["config"]["extra"] == {k: v for k, v in default["config"]["extra"].items() if k != "default_model"}
     assert "default checkpoint" in tuned["card"]["started_from"]
+    # the tuned text blocks the features went through travel with the weights
+    layers = "text_layers.safetensors"
+    assert (setup["checkpoint"] / layers).read_bytes() == (DEFAULT_CHECKPOINT / layers).read_bytes()
     before = load_file(str(DEFAULT_CHECKPOINT / "model.safetensors"))
     after = load_file(str(setup["checkpoint"] / "model.safetensors"))
     assert before.keys() == after.keys() and all(before[k].shape == after[k].shape for k in before)
@@ -178,7 +181,9 @@ def test_rerun_reads_the_feature_cache_and_trains_from_scratch(setup, tmp_path):
     assert card["card"]["started_from"].startswith("random initialisation")
     assert card["config"]["hidden_size"] == 32 and card["config"]["label_names"] == list(LABELS)
     assert "visual_fill" not in card["config"]["extra"]   # a new model reads every visual column
-    EmotionScorer.load(out)   # fits the extractors
+    # its features came through the default's tuned text blocks, which it carries
+    assert EmotionScorer.load(out).text_tuned_layers.read_bytes() == \
+        (DEFAULT_CHECKPOINT / "text_layers.safetensors").read_bytes()
 
 
 def test_trained_checkpoint_runs_in_the_pipeline(setup, media_dir, tmp_path):
@@ -317,8 +322,8 @@ def test_the_speaker_is_the_attributed_face_else_the_only_or_dominant_one():
 
 
 def test_features_for_a_checkpoint_reading_other_acoustic_features_are_refused(setup, runner, tmp_path):
-    """A checkpoint trained on whisper states after another number of blocks cannot take what the
-    pipeline would extract: refused before anything is extracted or stored."""
+    """A checkpoint trained on whisper states after another number of blocks, or over other tuned text blocks,
+    cannot take what the pipeline would extract: refused before anything is extracted or stored."""
     from types import SimpleNamespace
 
     from pipeline.errors import UserError
@@ -326,11 +331,19 @@ def test_features_for_a_checkpoint_reading_other_acoustic_features_are_refused(s
     args = _corpus_args(setup)
     args.features = tmp_path / "features"          # an empty store: extraction would be needed
     annotations = corpus_module.read_corpus(args, tuple(runner.scorer.labels))
-    other = SimpleNamespace(acoustic_kind="whisper", acoustic_whisper_blocks=(runner.scorer.acoustic_whisper_blocks or 0) + 1)
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(corpus_module, "build_runner", lambda config, checkpoint, device: runner)
-        with pytest.raises(UserError, match="acoustic features; the checkpoint reads whisper"):
-            corpus_module.corpus_features(args, annotations, None, other)
+    other = SimpleNamespace(acoustic_kind="whisper", acoustic_whisper_blocks=(runner.scorer.acoustic_whisper_blocks or 0) + 1,
+                            text_tuned_layers=runner.scorer.text_tuned_layers)
+    other_layers = tmp_path / "text_layers.safetensors"
+    other_layers.write_bytes(b"blocks tuned elsewhere")
+    other_text = SimpleNamespace(acoustic_kind=runner.scorer.acoustic_kind,
+                                 acoustic_whisper_blocks=runner.scorer.acoustic_whisper_blocks,
+                                 text_tuned_layers=other_layers)
+    for scorer, words in ((other, "acoustic features; the checkpoint reads whisper"),
+                          (other_text, "encode text with .*; the checkpoint reads MiniLM with tuned blocks")):
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(corpus_module, "build_runner", lambda config, checkpoint, device: runner)
+            with pytest.raises(UserError, match=words):
+                corpus_module.corpus_features(args, annotations, None, scorer)
     assert not any(p.is_file() for p in args.features.rglob("*"))
     # the same choice as the pipeline's: extracted (the store fills)
     with pytest.MonkeyPatch.context() as patch:
