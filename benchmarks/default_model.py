@@ -146,7 +146,7 @@ def tune_text(saved: Path, keep: bool, smoke: bool = False) -> tuple[TextEncoder
 
     encoder = TextEncoder(device="cpu")
     if keep and saved.is_file():
-        load_tuned_layers(encoder.model, saved)
+        encoder.tuned_from = load_tuned_layers(encoder.model, saved)
         return encoder, {"kept": str(saved)}
     tasks = {"meld": text_task(["meld_train"], True), "goemotions": text_task(goemotions_train_names(), False)}
     tuning = TEXT_TUNING
@@ -161,7 +161,7 @@ def tune_text(saved: Path, keep: bool, smoke: bool = False) -> tuple[TextEncoder
         torch.set_num_threads(threads)
     history["texts"] = {name: len(task.states) for name, task in tasks.items()}
     save_tuned_layers(encoder.model, TEXT_TUNING.first_layer, saved)
-    load_tuned_layers(encoder.model, saved)
+    encoder.tuned_from = load_tuned_layers(encoder.model, saved)   # the float16 blocks, as the pipeline reads them
     return encoder, history
 
 
