@@ -144,9 +144,12 @@ class TextEncoder:
                 continue
             batch = self.tokenizer([texts[i] for i in chosen], padding=True, truncation=True,
                                    max_length=self.config.max_tokens, return_tensors="pt")
-            with torch.inference_mode():
-                hidden = self.model(**batch.to(self.device), output_hidden_states=True).hidden_states[layer]
-            kept = batch["attention_mask"].sum(1).tolist()
+            batch = batch.to(self.device)
+            valid = batch["attention_mask"].bool()
+            with torch.inference_mode():   # the embeddings and blocks below `layer` only, not the whole model
+                hidden = self.model.embeddings(input_ids=batch["input_ids"], token_type_ids=batch.get("token_type_ids"))
+                hidden = self._run_blocks(hidden, valid, 0, layer)
+            kept = valid.sum(1).tolist()
             for row, index in enumerate(chosen):
                 states[index] = hidden[row, : kept[row]].float().cpu().numpy()
         return states
@@ -156,8 +159,11 @@ class TextEncoder:
 
     def run_upper(self, states: torch.Tensor, valid: torch.Tensor, layer: int) -> torch.Tensor:
         """Blocks `layer`.. over padded states [B, L, D] with `valid` [B, L] marking real rows: [B, L, D]."""
+        return self._run_blocks(states, valid, layer, self.num_layers)
+
+    def _run_blocks(self, states: torch.Tensor, valid: torch.Tensor, start: int, stop: int) -> torch.Tensor:
         blocked = (~valid)[:, None, None, :].to(states.dtype) * torch.finfo(states.dtype).min   # [B, 1, 1, L]
-        for block in self.upper_blocks(layer):
+        for block in self.model.encoder.layer[start:stop]:
             out = block(states, attention_mask=blocked)
             states = out[0] if isinstance(out, tuple) else out
         return states

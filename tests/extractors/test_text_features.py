@@ -65,6 +65,23 @@ def test_the_forward_pass_split_at_a_block_gives_the_token_embeddings(encoder):
     np.testing.assert_allclose(whole, encoder.token_embeddings(TEXTS[0]), atol=1e-4)
 
 
+def test_lower_states_are_the_models_hidden_states_after_that_block(encoder):
+    """lower_states runs only the embeddings and the blocks below `layer`: the same rows as the whole model's
+    hidden_states[layer] (padding, batches of mixed lengths)."""
+    import torch
+
+    for layer in (0, 2, 6):
+        states = encoder.lower_states(TEXTS, layer)
+        for text, got in zip(TEXTS, states, strict=True):
+            if not text.strip():
+                assert got.shape == (0, D_TEXT)
+                continue
+            batch = encoder.tokenizer(text, return_tensors="pt")
+            with torch.inference_mode():
+                expected = encoder.model(**batch, output_hidden_states=True).hidden_states[layer][0].numpy()
+            np.testing.assert_allclose(got, expected, atol=1e-4)
+
+
 def test_tuned_layers_replace_only_the_top_blocks(encoder, tmp_path):
     import copy
 
