@@ -155,6 +155,13 @@ def text_task(names: list[str], single_label: bool) -> TextTask:
                     np.concatenate([c.labels for c in caches]), single_label)
 
 
+def tuning_chunks(fusion_chunks: int) -> list[str]:
+    """The GoEmotions train chunks the text blocks are tuned on: all but the first `fusion_chunks` (all of them
+    when the fusion trains on every chunk, 0 or more)."""
+    names = goemotions_train_names()
+    return names[fusion_chunks:] if 0 < fusion_chunks < len(names) else names
+
+
 def tune_text(saved: Path, keep: bool, fusion_chunks: int, smoke: bool = False) -> tuple[TextEncoder, dict]:
     """The text encoder with its top blocks tuned on MELD train and the GoEmotions train chunks after the first
     `fusion_chunks` (or, with `keep`, the blocks saved by an earlier build), read back from `saved`: the float16
@@ -170,8 +177,7 @@ def tune_text(saved: Path, keep: bool, fusion_chunks: int, smoke: bool = False) 
     if keep and saved.is_file():
         encoder.tuned_from = load_tuned_layers(encoder.model, saved)
         return encoder, {"kept": str(saved)}
-    tuned_chunks = goemotions_train_names()[fusion_chunks:] if fusion_chunks else goemotions_train_names()
-    tasks = {"meld": text_task(["meld_train"], True), "goemotions": text_task(tuned_chunks, False)}
+    tasks = {"meld": text_task(["meld_train"], True), "goemotions": text_task(tuning_chunks(fusion_chunks), False)}
     tuning = TEXT_TUNING
     if smoke:   # checks the code, not the encoder
         tasks = {name: TextTask(t.states[:128], t.labels[:128], t.single_label) for name, t in tasks.items()}
@@ -650,6 +656,7 @@ def model_card(corpus: Corpus, shipped: str, plan: TrainPlan, runs: dict, baseli
                thresholds: list[float], acoustic_choice: dict, text_tuning: dict) -> dict:
     from extractors.text_features import D_TEXT
 
+    held_out = len(tuning_chunks(corpus.goemotions_train_chunks)) < len(goemotions_train_names())
     return {
         "name": "ramer-timelines default model",
         "intended_use": ("non-commercial research only (RAVDESS is CC BY-NC-SA 4.0 and FER2013 is research-only); "
@@ -690,11 +697,12 @@ def model_card(corpus: Corpus, shipped: str, plan: TrainPlan, runs: dict, baseli
         "text_tuning": {**text_tuning, "how": (
             f"MiniLM blocks {TEXT_TUNING.first_layer}.. trained (the lower ones frozen) with one linear head per "
             "set on the mean word-piece embedding: MELD train (softmax cross-entropy) and GoEmotions train "
-            f"but the {corpus.goemotions_train_chunks * TEXT_CHUNK} comments the fusion models train on "
-            "(per-label sigmoid; held out so that the fusion learns from features of texts the encoder did not "
-            "see), batches of one set drawn in random order; the heads are dropped. The fusion models below "
-            "then train on the tuned encoder's features of MELD train (seen in tuning) and of the held-out "
-            "GoEmotions comments")},
+            + (f"but the {corpus.goemotions_train_chunks * TEXT_CHUNK} comments the fusion models train on "
+               "(per-label sigmoid; held out so that the fusion learns from features of texts the encoder did "
+               "not see), " if held_out else "(per-label sigmoid), ")
+            + "batches of one set drawn in random order; the heads are dropped. The fusion models below then "
+            "train on the tuned encoder's features of MELD train (seen in tuning) and of "
+            + ("the held-out GoEmotions comments" if held_out else "GoEmotions train (seen in tuning too)"))},
         "training": plan.serialize(),
         "model_size": MODEL_SIZE,
         "loss_weight_search": {k: {"valid_score": v["valid_score"], "best_epoch": v["best_epoch"]} for k, v in runs.items()},

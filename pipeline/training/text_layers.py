@@ -1,8 +1,8 @@
 """Tuning MiniLM's top blocks on labelled text: the default checkpoint's text encoder.
 
 Frozen MiniLM sentence features leave MELD and GoEmotions well short of fine-tuned encoders, and fine-tuning
-all six blocks on 2 cores takes too long for the default model's rebuild (about 11 minutes an epoch). So the blocks below
-``first_layer`` stay frozen: their states are computed once (:meth:`TextEncoder.lower_states`), and only the
+all six blocks on 2 cores takes too long for the default model's rebuild (about 11 minutes an epoch). So the
+blocks below ``first_layer`` stay frozen: their states are computed once (:meth:`TextEncoder.lower_states`), and only the
 top blocks are trained, over those states, with one linear head per task on the mean of the word-piece
 embeddings that the pipeline keeps ([CLS]/[SEP] dropped). The heads are thrown away; the blocks are saved
 with :func:`extractors.text_features.save_tuned_layers` and read by every later :class:`TextEncoder`.
@@ -25,7 +25,7 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class TextLayerTuning:
-    first_layer: int = 2          # blocks 0..1 of MiniLM-L6 stay frozen: two thirds of the cost of full tuning
+    first_layer: int = 2          # blocks 0..1 of MiniLM-L6 stay frozen: half the cost of full tuning (measured)
     epochs: int = 2               # what fits the default model's 30-minute rebuild on 2 cores
     learning_rate: float = 5e-5   # the usual BERT fine-tuning rate; constant
     weight_decay: float = 0.01
