@@ -162,6 +162,11 @@ def tuning_chunks(fusion_chunks: int) -> list[str]:
     return names[fusion_chunks:] if 0 < fusion_chunks < len(names) else names
 
 
+def fusion_texts_held_out(fusion_chunks: int) -> bool:
+    """Whether the GoEmotions comments the fusion trains on were left out of the text blocks' tuning."""
+    return len(tuning_chunks(fusion_chunks)) < len(goemotions_train_names())
+
+
 def tune_text(saved: Path, keep: bool, fusion_chunks: int, smoke: bool = False) -> tuple[TextEncoder, dict]:
     """The text encoder with its top blocks tuned on MELD train and the GoEmotions train chunks after the first
     `fusion_chunks` (or, with `keep`, the blocks saved by an earlier build), read back from `saved`: the float16
@@ -656,7 +661,7 @@ def model_card(corpus: Corpus, shipped: str, plan: TrainPlan, runs: dict, baseli
                thresholds: list[float], acoustic_choice: dict, text_tuning: dict) -> dict:
     from extractors.text_features import D_TEXT
 
-    held_out = len(tuning_chunks(corpus.goemotions_train_chunks)) < len(goemotions_train_names())
+    held_out = fusion_texts_held_out(corpus.goemotions_train_chunks)
     return {
         "name": "ramer-timelines default model",
         "intended_use": ("non-commercial research only (RAVDESS is CC BY-NC-SA 4.0 and FER2013 is research-only); "
@@ -753,9 +758,10 @@ def markdown(tables: dict, baselines: dict, runs: dict, argmax: dict, shipped: s
     for name, run in runs.items():
         lines.append(f"| {name} | {run['best_epoch']} | {run['valid_score']:.4f} | {run['seconds']:.0f} |")
     lines += ["", "## Text encoder", "",
-              f"MiniLM blocks {TEXT_TUNING.first_layer}.. tuned on MELD train and GoEmotions train but the "
-              f"comments the fusion models and the regression train on ({TEXT_LAYERS_FILE}, shipped beside the "
-              "checkpoint); the logistic regression on the same pooled "
+              f"MiniLM blocks {TEXT_TUNING.first_layer}.. tuned on MELD train and GoEmotions train"
+              + (" but the comments the fusion models and the regression train on"
+                 if fusion_texts_held_out(corpus.goemotions_train_chunks) else "")
+              + f" ({TEXT_LAYERS_FILE}, shipped beside the checkpoint); the logistic regression on the same pooled "
               "features before and after tuning:", "",
               "| set / metric | LR, frozen MiniLM | LR, tuned blocks | late fusion | RAMer |", "|---|---|---|---|---|"]
     for name in ("meld", "goemotions"):

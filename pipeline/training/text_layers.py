@@ -2,9 +2,9 @@
 
 Frozen MiniLM sentence features leave MELD and GoEmotions well short of fine-tuned encoders, and fine-tuning
 all six blocks on 2 cores takes too long for the default model's rebuild (about 11 minutes an epoch). So the
-blocks below ``first_layer`` stay frozen: their states are computed once (:meth:`TextEncoder.lower_states`), and only the
-top blocks are trained, over those states, with one linear head per task on the mean of the word-piece
-embeddings that the pipeline keeps ([CLS]/[SEP] dropped). The heads are thrown away; the blocks are saved
+blocks below ``first_layer`` stay frozen: their states are computed once (:meth:`TextEncoder.lower_states`),
+and only the top blocks are trained, over those states, with one linear head per task on the mean of the
+word-piece embeddings that the pipeline keeps ([CLS]/[SEP] dropped). The heads are thrown away; the blocks are saved
 with :func:`extractors.text_features.save_tuned_layers` and read by every later :class:`TextEncoder`.
 """
 

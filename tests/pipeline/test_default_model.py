@@ -4,6 +4,7 @@ FER2013 face differently when they go in as the visual extractor's per-face vect
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import cv2
@@ -170,3 +171,19 @@ def test_held_out_transcripts_are_read_through_the_pipelines_tuned_text_stage(da
     tuned_f1 = f1_score(truth, tuned.argmax(1), average="weighted")
     untuned_f1 = f1_score(truth, untuned.argmax(1), average="weighted")
     assert tuned_f1 > TUNED_FLOOR and tuned_f1 > untuned_f1 + 0.1, (tuned_f1, untuned_f1)
+
+
+def test_the_rebuild_tunes_the_text_blocks_without_the_comments_the_fusion_trains_on(monkeypatch):
+    """The default model's rebuild holds the GoEmotions chunks its fusion models train on out of the text
+    tuning (all chunks are tuned on only when the fusion takes every one), and its card says which."""
+    from benchmarks import default_model
+
+    cached = [f"goemotions_train_{i:02d}" for i in range(9)]
+    monkeypatch.setattr(default_model, "goemotions_train_names", lambda chunks=None: cached[: chunks or len(cached)])
+    assert default_model.tuning_chunks(1) == cached[1:] and default_model.fusion_texts_held_out(1)
+    assert default_model.tuning_chunks(3) == cached[3:]
+    for every in (0, 9, 12):
+        assert default_model.tuning_chunks(every) == cached and not default_model.fusion_texts_held_out(every)
+    tuning = json.loads((CHECKPOINT / "config.json").read_text())["card"]["text_tuning"]
+    assert "held-out GoEmotions comments" in tuning["how"]
+    assert tuning["texts"]["goemotions"] == 43410 - 5000   # GoEmotions-Ekman train less the fusion's first chunk
