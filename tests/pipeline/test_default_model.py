@@ -47,6 +47,13 @@ def test_labels_dimensions_and_card(model):
         assert name in card["metrics"]["ramer"] and name in card["metrics"]["late_fusion"]
 
 
+def test_the_shipped_checkpoint_was_trained_by_the_rebuilds_current_plan(model):
+    """A change to the rebuild's training plan must come with a rebuilt checkpoint (and its numbers)."""
+    from benchmarks.default_model import TrainPlan
+
+    assert model.card["training"] == TrainPlan().serialize()
+
+
 def _face_vector(model, classifier: ExpressionClassifier, path: Path) -> np.ndarray:
     """[D_VISUAL] as the checkpoint was trained: expression of the face resized to the model's input,
     every column the card lists in visual_fill set to its constant."""
