@@ -409,7 +409,7 @@ class TrainPlan:
     weight_decay: float = 0.01
     # samples drawn afresh (seeded) per epoch from each train split; RAVDESS train (840 clips) is seen 4 times.
     # MELD (TV dialogue, what the pipeline reads) twice GoEmotions (Reddit): the two share one text head and
-    # pull it apart (benchmarks/results/text_mixture.md: a head on one set alone scores 0.61-0.62 on its test,
+    # pull it apart (benchmarks/results/text_mixture.md: a head on one set alone scores 0.60-0.62 on its test,
     # 1:1 0.595 and 0.593); against 1:1, 2:1 moved MELD validation up 0.014 / 0.018 and GoEmotions down
     # 0.009 / 0.018 (seeds 7 / 8, late fusion), the summed text validation score unchanged
     per_epoch: dict[str, int] = field(default_factory=lambda: {
