@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import re
 import sys
 import time
 from dataclasses import replace
@@ -24,13 +25,19 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script 
 
 from benchmarks import default_model as rebuild  # noqa: E402
 
-log = logging.getLogger(__name__)
-
 RESULTS = rebuild.ROOT / "benchmarks" / "results" / "text_mixture.md"
 MIXES = ("6144:0", "9216:3072", "6144:3072", "4608:3072", "3072:3072", "0:3072")
 
 
+def mix(text: str) -> str:
+    """An argparse type: "MELD:GoEmotions", two sample counts per epoch."""
+    if not re.fullmatch(r"\d+:\d+", text):
+        raise argparse.ArgumentTypeError(f"{text!r}: expected MELD:GoEmotions samples per epoch, e.g. 6144:3072")
+    return text
+
+
 def mix_plan(mix: str, seed: int) -> rebuild.TrainPlan:
+    """The rebuild's plan with `mix` ("MELD:GoEmotions") samples per epoch and `seed`; the rest unchanged."""
     meld, goemotions = (int(n) for n in mix.split(":"))
     plan = replace(rebuild.TrainPlan(), seed=seed)
     plan.per_epoch = {**plan.per_epoch, "meld": meld, "goemotions": goemotions}
@@ -39,7 +46,7 @@ def mix_plan(mix: str, seed: int) -> rebuild.TrainPlan:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--mixes", nargs="+", default=list(MIXES), help="MELD:GoEmotions samples per epoch")
+    parser.add_argument("--mixes", nargs="+", type=mix, default=list(MIXES), help="MELD:GoEmotions samples per epoch")
     parser.add_argument("--seeds", type=int, nargs="+", default=[rebuild.SEED, rebuild.SEED + 1])
     parser.add_argument("--workers", type=int, default=rebuild.CORES)
     parser.add_argument("--results", type=Path, default=RESULTS)

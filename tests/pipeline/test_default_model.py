@@ -54,6 +54,22 @@ def test_the_shipped_checkpoint_was_trained_by_the_rebuilds_current_plan(model):
     assert model.card["training"] == TrainPlan().serialize()
 
 
+def test_the_text_mixture_benchmark_changes_only_the_two_text_sets_of_the_plan():
+    import argparse
+
+    from benchmarks.default_model import TrainPlan
+    from benchmarks.text_mixture import mix, mix_plan
+
+    def rest(plan) -> dict:
+        return {k: v for k, v in plan.serialize().items() if k not in ("seed", "samples_per_epoch")}
+
+    default, plan = TrainPlan(), mix_plan("9216:0", seed=8)
+    assert plan.per_epoch == {**default.per_epoch, "meld": 9216, "goemotions": 0} and plan.seed == 8
+    assert rest(plan) == rest(default)
+    with pytest.raises(argparse.ArgumentTypeError):
+        mix("6144")
+
+
 def _face_vector(model, classifier: ExpressionClassifier, path: Path) -> np.ndarray:
     """[D_VISUAL] as the checkpoint was trained: expression of the face resized to the model's input,
     every column the card lists in visual_fill set to its constant."""
