@@ -36,9 +36,9 @@ def mix(text: str) -> str:
     return text
 
 
-def mix_plan(mix: str, seed: int) -> rebuild.TrainPlan:
-    """The rebuild's plan with `mix` ("MELD:GoEmotions") samples per epoch and `seed`; the rest unchanged."""
-    meld, goemotions = (int(n) for n in mix.split(":"))
+def mix_plan(counts: str, seed: int) -> rebuild.TrainPlan:
+    """The rebuild's plan with `counts` ("MELD:GoEmotions") samples per epoch and `seed`; the rest unchanged."""
+    meld, goemotions = (int(n) for n in counts.split(":"))
     plan = replace(rebuild.TrainPlan(), seed=seed)
     plan.per_epoch = {**plan.per_epoch, "meld": meld, "goemotions": goemotions}
     return plan
@@ -62,8 +62,8 @@ def main(argv: list[str] | None = None) -> None:
     text = rebuild.TextFeatures(encoder, rebuild.TEXT_TUNING.first_layer)
     corpus = rebuild.load_corpus(text, acoustic, 1)
     started = time.perf_counter()
-    jobs = [(f"{mix} seed {seed}", rebuild.ramer_config(corpus, late_fusion=True), mix_plan(mix, seed))
-            for mix in args.mixes for seed in args.seeds]
+    jobs = [(f"{counts} seed {seed}", rebuild.ramer_config(corpus, late_fusion=True), mix_plan(counts, seed))
+            for counts in args.mixes for seed in args.seeds]
     models, runs = rebuild.train_all(corpus, jobs, args.workers)
     seconds = time.perf_counter() - started
 
