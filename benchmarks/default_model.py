@@ -22,7 +22,9 @@ each; the text blocks are tuned and run on every core):
   setting), plus *label-matched pseudo-triples*: a MELD utterance, a RAVDESS clip and a FER face that share
   their single label, drawn at random per epoch (train splits only), so the fusion, the aggregator and the
   cross-modal reconstruction see all three modalities together. Test triples are drawn the same way from
-  the test splits (seeded) for the missing-modality table.
+  the test splits (seeded) for the missing-modality table. MELD utterances are drawn twice as often as
+  GoEmotions comments (``MELD_PER_GOEMOTIONS``): the two share one text head, and MELD is the TV dialogue the
+  pipeline reads (``benchmarks/text_mixture.py`` measures the mixes).
 - models: RAMer and the late-fusion baseline (the same encoders, every RAMer part off), the same sizes,
   optimiser, epochs and batches. RAMer's loss weights are chosen on validation among a few scalings of the
   auxiliary terms (``--aux-scales``); the model with the better mean validation
@@ -401,6 +403,9 @@ AUXILIARY_WEIGHTS = ("weight_clf_u", "weight_clf_aug", "weight_supcon", "weight_
                      "weight_shuffle", "weight_adversarial", "weight_orthogonality", "weight_common_clf")
 
 
+MELD_PER_GOEMOTIONS = 2       # MELD samples per GoEmotions sample in an epoch (see TrainPlan.per_epoch)
+
+
 @dataclass
 class TrainPlan:
     epochs: int = 8           # 4 left RAMer's validation score rising (0.53 -> 0.59 with x1 auxiliary weights at 8)
@@ -413,7 +418,7 @@ class TrainPlan:
     # 1:1 0.595 and 0.593); against 1:1, 2:1 moved MELD validation up 0.014 / 0.018 and GoEmotions down
     # 0.009 / 0.018 (seeds 7 / 8, late fusion), the summed text validation score unchanged
     per_epoch: dict[str, int] = field(default_factory=lambda: {
-        "meld": 6144, "goemotions": 3072, "ravdess": 3360, "fer": 2871, "triples": 1536})
+        "meld": MELD_PER_GOEMOTIONS * 3072, "goemotions": 3072, "ravdess": 3360, "fer": 2871, "triples": 1536})
     triples: bool = True
     seed: int = SEED
 
@@ -702,6 +707,9 @@ def model_card(corpus: Corpus, shipped: str, plan: TrainPlan, runs: dict, baseli
         "fusion": ("no real paired data: each training sample has one modality and the others missing (RAMer's "
                    "setting), plus label-matched pseudo-triples (a MELD utterance, a RAVDESS clip and a FER face "
                    f"with the same label, {plan.per_epoch['triples']} drawn afresh per epoch from the train splits). "
+                   f"Per epoch {plan.per_epoch['meld']} MELD utterances and {plan.per_epoch['goemotions']} GoEmotions "
+                   "comments: the two sets share one text head and pull it apart, and MELD is the TV dialogue the "
+                   "pipeline reads (benchmarks/results/text_mixture.md). "
                    "The pseudo-triples are not real people: what one modality says about another was never seen."),
         "text_tuning": {**text_tuning, "how": (
             f"MiniLM blocks {TEXT_TUNING.first_layer}.. trained (the lower ones frozen) with one linear head per "
@@ -843,7 +851,7 @@ def main(argv: list[str] | None = None) -> None:
 
     plan = TrainPlan(epochs=args.epochs)
     if args.samples_per_epoch:
-        plan.per_epoch.update(meld=2 * args.samples_per_epoch, goemotions=args.samples_per_epoch, fer=args.samples_per_epoch,
+        plan.per_epoch.update(meld=MELD_PER_GOEMOTIONS * args.samples_per_epoch, goemotions=args.samples_per_epoch, fer=args.samples_per_epoch,
                               triples=args.samples_per_epoch // 2)
     if args.smoke:
         plan.per_epoch = dict.fromkeys(plan.per_epoch, 64)

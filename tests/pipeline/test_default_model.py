@@ -52,6 +52,9 @@ def test_the_shipped_checkpoint_was_trained_by_the_rebuilds_current_plan(model):
     from benchmarks.default_model import TrainPlan
 
     assert model.card["training"] == TrainPlan().serialize()
+    per_epoch = model.card["training"]["samples_per_epoch"]
+    assert (f"Per epoch {per_epoch['meld']} MELD utterances and {per_epoch['goemotions']} GoEmotions comments"
+            in model.card["fusion"])   # the card says how the text sets were mixed
 
 
 def test_the_text_mixture_benchmark_changes_only_the_two_text_sets_of_the_plan():
